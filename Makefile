@@ -1,0 +1,47 @@
+# The README's commands. `make run` builds everything; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+ARTIFACTS ?= $(CURDIR)/artifacts
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+
+# Point at the shared catalogue when it is there (CI and this machine); otherwise the package
+# looks in data/cache and downloads with kagglehub.
+SHARED_ZIP := $(wildcard $(SHARED)/data/fashion-product-images-small.zip)
+ifneq ($(SHARED_ZIP),)
+export SHOPBOT_DATA ?= $(abspath $(SHARED_ZIP))
+endif
+export SHOPBOT_ARTIFACTS := $(ARTIFACTS)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test env data notebooks clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+data: env
+	$(PY) -m shopbot_utils data
+
+notebooks: env
+	mkdir -p $(ARTIFACTS)/notebooks
+	@for nb in $(NOTEBOOKS); do \
+	  echo "=== $$nb"; \
+	  $(PY) -m papermill --progress-bar --log-output $$nb $(ARTIFACTS)/notebooks/$$(basename $$nb) --cwd notebooks || exit 1; \
+	done
+
+run: data notebooks
+	@echo "Done: executed notebooks, model, embeddings and metrics.json in $(ARTIFACTS); figures in figures/"
+
+test: env
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(ARTIFACTS) data/cache

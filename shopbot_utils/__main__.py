@@ -1,0 +1,75 @@
+"""Command line: ``python -m shopbot_utils {similar,classify,build}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import config
+from .data import CatalogueNotFoundError, ImageError
+from .vision import BACKBONES, ArtifactError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shopbot_utils", description="ShopBot from the command line.")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SHOPBOT_ARTIFACTS or ./artifacts)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("similar", help="catalogue products similar to an image")
+    s.add_argument("image")
+    s.add_argument("-k", type=int, default=5, help="how many products (default 5)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c = sub.add_parser("classify", help="the article type of an image")
+    c.add_argument("image")
+    c.add_argument("--top", type=int, default=5)
+    d = sub.add_parser("data", help="find (extract or download) the catalogue and report on it")
+    d.add_argument("--data", default=None, help="Kaggle zip or folder (default: SHOPBOT_DATA, cache, download)")
+    b = sub.add_parser("build", help="run the whole pipeline without notebooks")
+    b.add_argument("--data", default=None, help="Kaggle zip or folder (default: SHOPBOT_DATA, cache, download)")
+    b.add_argument("--per-class", type=int, default=None, help="at most this many products per class")
+    b.add_argument("--epochs", type=int, default=5)
+    b.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
+    b.add_argument("--mode", choices=["auto", "cpu", "full"], default="auto")
+    b.add_argument("--scope", choices=["catalogue", "split"], default="catalogue")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    config.setup_logging()
+    try:
+        if args.command == "data":
+            from .data import load_catalogue
+
+            catalogue = load_catalogue(args.data)
+            print(f"catalogue: {catalogue.root}\n{catalogue.report.summary()}")
+            return 0
+        if args.command == "build":
+            from .pipeline import build
+
+            metrics = build(args.artifacts, args.data, args.per_class, args.backbone, args.mode,
+                            args.epochs, args.scope)
+            print(json.dumps(metrics, indent=1))
+            return 0
+        from .bot import ShopBot
+
+        bot = ShopBot.load(args.artifacts)
+        if args.command == "classify":
+            for name, p in bot.classify(args.image, top=args.top):
+                print(f"{p:6.3f}  {name}")
+            return 0
+        products = bot.similar(args.image, k=args.k)
+        if args.json:
+            print(json.dumps([p.as_dict() for p in products], indent=1))
+        else:
+            print(f"{'score':>6}  {'id':>6}  {'articleType':<18} {'colour':<12} name")
+            for p in products:
+                print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.productDisplayName}")
+        return 0
+    except (ImageError, ArtifactError, CatalogueNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Paths, environment variables, the seed and logging: the one place that reads ``os.environ``."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+SEED = 42
+ROOT = Path(__file__).resolve().parent.parent
+KAGGLE_DATASET = "paramaggarwal/fashion-product-images-small"
+N_CLASSES = 37
+
+logger = logging.getLogger("shopbot")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def data_source() -> Path | None:
+    """``SHOPBOT_DATA``: the Kaggle zip or an extracted folder, if set."""
+    return _env_path("SHOPBOT_DATA")
+
+
+def cache_dir() -> Path:
+    """Where downloaded and extracted data goes (``SHOPBOT_CACHE``, default ``data/cache``)."""
+    return _env_path("SHOPBOT_CACHE") or ROOT / "data" / "cache"
+
+
+def artifacts_dir() -> Path:
+    """Where the pipeline writes models, embeddings and metrics (``SHOPBOT_ARTIFACTS``)."""
+    return _env_path("SHOPBOT_ARTIFACTS") or ROOT / "artifacts"
+
+
+def figures_dir() -> Path:
+    """Where notebooks save figures (``SHOPBOT_FIGURES``, default ``figures/``)."""
+    return _env_path("SHOPBOT_FIGURES") or ROOT / "figures"
+
+
+def resnet34_weights() -> Path | None:
+    """``SHOPBOT_RESNET34_WEIGHTS``: a local torchvision ResNet-34 checkpoint for offline use."""
+    return _env_path("SHOPBOT_RESNET34_WEIGHTS")
+
+
+def offline() -> bool:
+    """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
+    return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}
+
+
+def seed_everything(seed: int = SEED) -> None:
+    """Seed Python, NumPy and PyTorch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log ``shopbot`` messages to stderr once."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)

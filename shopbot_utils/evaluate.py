@@ -1,0 +1,116 @@
+"""Exact similarity search and the report's metrics: poster score, precision@k, F1, latency."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` largest scores of each row, best first."""
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+class ExactIndex:
+    """Exact cosine top-k search with numpy: the baseline every other index is judged against.
+
+    >>> index = ExactIndex(np.eye(3), ids=[10, 11, 12])
+    >>> index.query(np.array([0.9, 0.1, 0.0]), k=2)[0].tolist()
+    [10, 11]
+    """
+
+    name = "exact"
+
+    def __init__(self, vectors: np.ndarray, ids: Sequence[int]):
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) != len(ids):
+            raise ValueError(f"need a 2-D array with one row per id, got {vectors.shape} for {len(ids)} ids")
+        self.vectors = l2_normalize(vectors)
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def query_batch(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, cosine scores)`` of the ``k`` nearest rows for each query row, best first."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        queries = l2_normalize(np.atleast_2d(queries))
+        if queries.shape[1] != self.vectors.shape[1]:
+            raise ValueError(f"query has {queries.shape[1]} dimensions, the index {self.vectors.shape[1]}")
+        scores = queries @ self.vectors.T
+        top = _top_k(scores, k)
+        return self.ids[top], np.take_along_axis(scores, top, axis=1)
+
+    def query(self, vector: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, cosine scores)`` of the ``k`` nearest rows to one vector, best first."""
+        ids, scores = self.query_batch(np.asarray(vector)[None, :], k)
+        return ids[0], scores[0]
+
+
+def match_scores(query_types: Sequence[str], query_subcats: Sequence[str],
+                 result_types: np.ndarray, result_subcats: np.ndarray) -> np.ndarray:
+    """Per-result credit (queries x k): 1 same articleType, 0.5 same subCategory only, else 0."""
+    qt = np.asarray(query_types, dtype=object)[:, None]
+    qs = np.asarray(query_subcats, dtype=object)[:, None]
+    same_type = np.asarray(result_types, dtype=object) == qt
+    same_sub = np.asarray(result_subcats, dtype=object) == qs
+    return np.where(same_type, 1.0, np.where(same_sub, 0.5, 0.0))
+
+
+def retrieval_metrics(index, queries: np.ndarray, query_ids: Sequence[int], products: pd.DataFrame,
+                      k: int = 5) -> dict:
+    """The poster's score and precision@k of ``index`` for query vectors.
+
+    ``products`` is indexed by product id with ``articleType`` and ``subCategory``. A query's
+    own id is never counted as a result (it is skipped, and the next result taken).
+    """
+    found, _ = index.query_batch(queries, k + 1)
+    query_ids = np.asarray(query_ids, dtype=np.int64)
+    keep = found != query_ids[:, None]
+    results = np.array([row[mask][:k] for row, mask in zip(found, keep)])
+    q = products.loc[query_ids]
+    r_types = products["articleType"].to_numpy(dtype=object)[products.index.get_indexer(results.ravel())]
+    r_subs = products["subCategory"].to_numpy(dtype=object)[products.index.get_indexer(results.ravel())]
+    credit = match_scores(q["articleType"], q["subCategory"], r_types.reshape(results.shape),
+                          r_subs.reshape(results.shape))
+    return {"poster_score": float(credit.mean()), f"precision_at_{k}": float((credit == 1.0).mean()),
+            "queries": int(len(query_ids)), "k": k}
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict:
+    """Accuracy and macro-F1."""
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+            "n": int(len(y_true))}
+
+
+def latency_ms(fn: Callable[[object], object], inputs: Sequence, warmup: int = 3) -> dict:
+    """p50/p95/mean milliseconds of ``fn(x)`` over ``inputs`` (after ``warmup`` calls)."""
+    if not inputs:
+        raise ValueError("latency_ms needs at least one input")
+    for x in list(inputs)[:warmup]:
+        fn(x)
+    times = []
+    for x in inputs:
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1000)
+    t = np.asarray(times)
+    return {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
+            "mean_ms": float(t.mean()), "n": int(len(t))}

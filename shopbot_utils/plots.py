@@ -1,0 +1,163 @@
+"""Figures the notebooks show and save to ``figures/``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import matplotlib.figure
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import config
+from .data import Catalogue
+
+
+def savefig(fig: matplotlib.figure.Figure, name: str, folder: str | Path | None = None) -> Path:
+    """Save ``fig`` as ``<figures>/<name>.png`` (``SHOPBOT_FIGURES`` or ``figures/``)."""
+    folder = Path(folder) if folder is not None else config.figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return path
+
+
+def class_distribution(split: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Products per article type, stacked by split."""
+    counts = split.groupby(["articleType", "split"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=[c for c in ("train", "valid", "test") if c in counts])
+    counts = counts.loc[counts.sum(axis=1).sort_values().index]
+    fig, ax = plt.subplots(figsize=(8, 9))
+    counts.plot.barh(stacked=True, ax=ax, width=0.8, color=["#4c72b0", "#dd8452", "#55a868"])
+    ax.set_xlabel("products")
+    ax.set_ylabel("")
+    ax.set_title(f"Fashion-{len(counts)}: {int(counts.values.sum()):,} products, heavily imbalanced")
+    ax.legend(title="split", loc="lower right")
+    return fig
+
+
+def _show_images(paths: Sequence[Path | Image.Image], titles: Sequence[str], cols: int,
+                 size: float = 1.6, colors: Sequence[str] | None = None) -> matplotlib.figure.Figure:
+    rows = max(1, int(np.ceil(len(paths) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.45), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (ax, p, t) in enumerate(zip(axes.ravel(), paths, titles)):
+        img = p if isinstance(p, Image.Image) else Image.open(p).convert("RGB")
+        ax.imshow(img)
+        ax.set_title(t, fontsize=7, color=colors[i] if colors else "black")
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(catalogue: Catalogue, split: pd.DataFrame, seed: int = config.SEED) -> matplotlib.figure.Figure:
+    """One random product of each class."""
+    picks = split.groupby("articleType").sample(1, random_state=seed).sort_values("articleType")
+    return _show_images([catalogue.image_path(i) for i in picks["id"]], picks["articleType"].tolist(), cols=10)
+
+
+def training_curves(learner) -> matplotlib.figure.Figure:
+    """Train loss per batch, valid loss and metrics per epoch, from a fastai recorder."""
+    rec = learner.recorder
+    names = [n for n in rec.metric_names[1:-1]]  # drop 'epoch' and 'time'
+    values = np.array(rec.values, dtype=float)
+    iters_per_epoch = max(1, len(rec.losses) // max(1, len(values)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(np.arange(len(rec.losses)) / iters_per_epoch, [float(l) for l in rec.losses],
+             alpha=0.6, label="train (per batch)")
+    epochs = np.arange(1, len(values) + 1)
+    if "valid_loss" in names:
+        ax1.plot(epochs, values[:, names.index("valid_loss")], "o-", label="valid")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss (label-smoothed CE)")
+    ax1.legend()
+    for name in names[2:]:
+        ax2.plot(epochs, values[:, names.index(name)], "o-", label=name)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("validation")
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> matplotlib.figure.Figure:
+    """Row-normalised confusion matrix (recall on the diagonal)."""
+    from sklearn.metrics import confusion_matrix as _cm
+
+    cm = _cm(y_true, y_pred, labels=list(classes), normalize="true")
+    fig, ax = plt.subplots(figsize=(11, 10))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    for i, j in zip(*np.nonzero(cm >= 0.05)):
+        ax.text(j, i, f"{cm[i, j]:.2f}"[1:] if cm[i, j] < 1 else "1", ha="center", va="center",
+                fontsize=5, color="white" if cm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def top_losses(catalogue: Catalogue, frame: pd.DataFrame, probs: np.ndarray, classes: Sequence[str],
+               n: int = 15) -> matplotlib.figure.Figure:
+    """The ``n`` images the model got most wrong: predicted / actual / loss / probability."""
+    target = np.array([list(classes).index(c) for c in frame["articleType"]])
+    p_true = probs[np.arange(len(target)), target]
+    loss = -np.log(np.clip(p_true, 1e-9, 1))
+    worst = np.argsort(-loss)[:n]
+    titles = [f"{classes[probs[i].argmax()]}\n/ {frame['articleType'].iloc[i]}\n{loss[i]:.2f} / {p_true[i]:.2f}"
+              for i in worst]
+    return _show_images([catalogue.image_path(frame["id"].iloc[i]) for i in worst], titles, cols=min(n, 8))
+
+
+def similar_grid(queries: Sequence[Path | Image.Image], results: Sequence[Sequence], catalogue: Catalogue,
+                 query_labels: Sequence[str] | None = None) -> matplotlib.figure.Figure:
+    """Each query (left) beside its results; green titles share the query's article type."""
+    k = max(len(r) for r in results)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.5, len(queries) * 2.1), squeeze=False)
+    for row, (q, found) in enumerate(zip(queries, results)):
+        for ax in axes[row]:
+            ax.axis("off")
+        img = q if isinstance(q, Image.Image) else Image.open(q).convert("RGB")
+        axes[row, 0].imshow(img)
+        label = query_labels[row] if query_labels else "query"
+        axes[row, 0].set_title(f"query\n{label}", fontsize=7, fontweight="bold")
+        for col, product in enumerate(found, start=1):
+            axes[row, col].imshow(Image.open(catalogue.image_path(product.id)).convert("RGB"))
+            same = query_labels is not None and product.articleType == query_labels[row]
+            axes[row, col].set_title(f"{product.articleType}\n{product.score:.2f}", fontsize=7,
+                                     color="green" if same else "firebrick")
+    fig.tight_layout()
+    return fig
+
+
+def metrics_vs_baseline(metrics: dict) -> matplotlib.figure.Figure:
+    """Our test metrics next to the frozen baseline and the targets."""
+    names = ["accuracy", "macro_f1", "poster_score"]
+    ours = [metrics["classification"]["accuracy"], metrics["classification"]["macro_f1"],
+            metrics["retrieval"]["poster_score"]]
+    base = [metrics["baseline_reference"][n] for n in names]
+    x = np.arange(len(names))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5), gridspec_kw={"width_ratios": [3, 1]})
+    ax.bar(x - 0.2, base, 0.4, label="frozen ImageNet baseline", color="#bbbbbb")
+    ax.bar(x + 0.2, ours, 0.4, label="fine-tuned (ours)", color="#4c72b0")
+    for i, n in enumerate(names):
+        ax.hlines(metrics["targets"][n], i - 0.45, i + 0.45, colors="firebrick", linestyles="--",
+                  label="target" if i == 0 else None)
+        ax.text(i + 0.2, ours[i] + 0.005, f"{ours[i]:.3f}", ha="center", fontsize=8)
+    ax.set_xticks(x, names)
+    ax.set_ylim(0.7, 1.0)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"test split ({metrics['classification']['n']:,} images)")
+    lat = metrics["latency_similar"]
+    ax2.bar(["p50", "p95"], [lat["p50_ms"], lat["p95_ms"]], color="#55a868")
+    ax2.axhline(metrics["targets"]["p50_ms"], color="firebrick", linestyle="--")
+    ax2.set_ylabel("ms per similar() call")
+    ax2.set_title(f"latency, {lat['index_size']:,} products")
+    fig.tight_layout()
+    return fig

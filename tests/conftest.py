@@ -1,0 +1,72 @@
+"""Shared fixtures: the shared catalogue (via SHOPBOT_DATA or ../shared) and a small trained bot."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_ZIP = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never download."""
+    monkeypatch.setenv("SHOPBOT_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def catalogue_source() -> Path:
+    """The real catalogue (zip or folder): SHOPBOT_DATA, else ../shared."""
+    value = os.environ.get("SHOPBOT_DATA")
+    path = Path(value) if value else SHARED_ZIP
+    if not path.exists():
+        pytest.skip("the catalogue is not here: set SHOPBOT_DATA or put ../shared beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def catalogue(catalogue_source):
+    from shopbot_utils.data import load_catalogue
+
+    return load_catalogue(catalogue_source)
+
+
+@pytest.fixture(scope="session")
+def small_artifacts(tmp_path_factory, catalogue):
+    """A bot trained in CPU mode on 30 products per class (3 epochs), split images embedded."""
+    from shopbot_utils import pipeline
+    from shopbot_utils.data import make_split, save_split
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    split = make_split(catalogue.styles, per_class=30)
+    save_split(split, folder)
+    result = pipeline.train_model(folder, catalogue, split, mode="cpu", epochs=3)
+    pipeline.embed_catalogue(folder, catalogue, scope="split")
+    return folder, result
+
+
+@pytest.fixture(scope="session")
+def bot(small_artifacts):
+    from shopbot_utils import ShopBot
+
+    return ShopBot.load(small_artifacts[0])
+
+
+def image_bytes(img: Image.Image, fmt: str = "JPEG") -> bytes:
+    """Encode a PIL image."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def random_image(size=(60, 80), mode="RGB", seed=0) -> Image.Image:
+    """A small noise image."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "CMYK": 4}.get(mode)
+    shape = (size[1], size[0], channels) if channels else (size[1], size[0])
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
