@@ -62,8 +62,10 @@ def sample_grid(catalogue: Catalogue, split: pd.DataFrame, seed: int = config.SE
 def training_curves(learner) -> matplotlib.figure.Figure:
     """Train loss per batch, valid loss and metrics per epoch, from a fastai recorder."""
     rec = learner.recorder
-    names = [n for n in rec.metric_names[1:-1]]  # drop 'epoch' and 'time'
-    values = np.array(rec.values, dtype=float)
+    values = np.array(rec.values, dtype=float).reshape(len(rec.values), -1)
+    # Columns are metric_names without 'epoch' and 'time'; fastai leaves out train_loss when an
+    # epoch had no logged training batch, so align the names from the right.
+    names = list(rec.metric_names[1:-1])[-values.shape[1]:]
     iters_per_epoch = max(1, len(rec.losses) // max(1, len(values)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot(np.arange(len(rec.losses)) / iters_per_epoch, [float(l) for l in rec.losses],
@@ -74,7 +76,7 @@ def training_curves(learner) -> matplotlib.figure.Figure:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss (label-smoothed CE)")
     ax1.legend()
-    for name in names[2:]:
+    for name in names[names.index("valid_loss") + 1 if "valid_loss" in names else 0:]:
         ax2.plot(epochs, values[:, names.index(name)], "o-", label=name)
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
