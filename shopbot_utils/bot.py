@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import config
-from .data import ImageInput
+from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
 from .evaluate import ExactIndex
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
@@ -43,9 +43,7 @@ def load_products(folder: str | Path) -> pd.DataFrame:
     path = Path(folder) / "products.csv"
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: run `make run` (or notebook 03) first")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df["id"] = df["id"].astype(np.int64)
-    return df.set_index("id", drop=False).rename_axis(None)
+    return read_id_csv(path).set_index("id", drop=False).rename_axis(None)
 
 
 class ShopBot:

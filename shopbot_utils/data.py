@@ -243,14 +243,19 @@ def save_split(split: pd.DataFrame, folder: str | Path) -> Path:
     return path
 
 
+def read_id_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CSV we wrote (all text columns, empty strings kept) with an integer ``id`` column."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df["id"] = df["id"].astype(np.int64)
+    return df
+
+
 def load_split(folder: str | Path) -> pd.DataFrame:
     """Read the split that ``save_split`` wrote."""
     path = Path(folder) / "split.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run notebooks/01_data.ipynb (or `make run`) first")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df["id"] = df["id"].astype(np.int64)
-    return df
+    return read_id_csv(path)
 
 
 # --------------------------------------------------------------------------- images
