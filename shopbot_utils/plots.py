@@ -21,7 +21,7 @@ def savefig(fig: matplotlib.figure.Figure, name: str, folder: str | Path | None 
     folder = Path(folder) if folder is not None else config.figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.savefig(path, dpi=72, bbox_inches="tight")
     return path
 
 
@@ -40,7 +40,7 @@ def class_distribution(split: pd.DataFrame) -> matplotlib.figure.Figure:
 
 
 def _show_images(paths: Sequence[Path | Image.Image], titles: Sequence[str], cols: int,
-                 size: float = 1.6, colors: Sequence[str] | None = None) -> matplotlib.figure.Figure:
+                 size: float = 1.1, colors: Sequence[str] | None = None) -> matplotlib.figure.Figure:
     rows = max(1, int(np.ceil(len(paths) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.45), squeeze=False)
     for ax in axes.ravel():
