@@ -105,6 +105,16 @@ def embed_catalogue(artifacts: str | Path, catalogue: Catalogue, scope: str = "c
     return {"embedded": int(len(ids)), "skipped": skipped, "dim": int(vectors.shape[1])}
 
 
+def split_retrieval_metrics(bot: ShopBot, split: pd.DataFrame, k: int = 5) -> dict:
+    """The poster's protocol: test-split embeddings query an index of the train+valid ones."""
+    pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
+    test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
+    gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
+    gallery = ExactIndex(bot.index.vectors[pos.loc[gallery_ids].to_numpy()], gallery_ids)
+    queries = bot.index.vectors[pos.loc[test_ids].to_numpy()]
+    return retrieval_metrics(gallery, queries, test_ids, split.set_index("id"), k=k)
+
+
 def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
                        latency_queries: int = 100) -> dict:
     """The report's metrics on the test split; written to ``artifacts/metrics.json``.
@@ -116,12 +126,7 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     bot = ShopBot.load(artifacts)
     split = load_split(artifacts)
     test = split[split["split"] == "test"]
-    pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
-    gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
-    gallery = ExactIndex(bot.index.vectors[pos.loc[gallery_ids].to_numpy()], gallery_ids)
-    queries = bot.index.vectors[pos.loc[test["id"]].to_numpy()]
-    metrics: dict = {"retrieval": retrieval_metrics(gallery, queries, test["id"].to_numpy(),
-                                                    split.set_index("id"), k=k)}
+    metrics: dict = {"retrieval": split_retrieval_metrics(bot, split, k=k)}
     paths = [catalogue.image_path(i) for i in test["id"]]
     probs = predict_proba(bot.model, paths, tuple(bot.info.image_size))
     predicted = [bot.classes[i] for i in probs.argmax(1)]

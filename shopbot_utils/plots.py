@@ -76,7 +76,7 @@ def training_curves(learner) -> matplotlib.figure.Figure:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss (label-smoothed CE)")
     ax1.legend()
-    for name in names[names.index("valid_loss") + 1 if "valid_loss" in names else 0:]:
+    for name in (n for n in names if n not in ("train_loss", "valid_loss")):
         ax2.plot(epochs, values[:, names.index(name)], "o-", label=name)
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)

@@ -7,7 +7,7 @@ import pytest
 from shopbot_utils import Product, ShopBot
 from shopbot_utils.__main__ import main
 from shopbot_utils.data import ImageError, load_split
-from shopbot_utils.evaluate import ExactIndex, retrieval_metrics
+from shopbot_utils.pipeline import split_retrieval_metrics
 from shopbot_utils.vision import ArtifactError
 
 from conftest import image_bytes, random_image
@@ -24,12 +24,7 @@ def test_small_bot_quality(bot, small_artifacts, catalogue):
     predicted = [bot.classify(catalogue.image_path(i), top=1)[0][0] for i in test["id"]]
     accuracy = np.mean(np.array(predicted) == test["articleType"].to_numpy())
     assert accuracy >= 0.45
-    split = load_split(small_artifacts[0]).set_index("id")
-    gallery_ids = split.index[split["split"] != "test"].to_numpy()
-    pos = {int(i): n for n, i in enumerate(bot.index.ids)}
-    gallery = ExactIndex(bot.index.vectors[[pos[i] for i in gallery_ids]], gallery_ids)
-    queries = bot.index.vectors[[pos[i] for i in test["id"]]]
-    score = retrieval_metrics(gallery, queries, test["id"].to_numpy(), split)["poster_score"]
+    score = split_retrieval_metrics(bot, load_split(small_artifacts[0]))["poster_score"]
     assert score >= 0.65
 
 
