@@ -13,6 +13,9 @@ SHARED_ZIP := $(wildcard $(SHARED)/data/fashion-product-images-small.zip)
 ifneq ($(SHARED_ZIP),)
 export SHOPBOT_DATA ?= $(abspath $(SHARED_ZIP))
 endif
+ifneq ($(wildcard $(SHARED)/nltk_data),)
+export NLTK_DATA ?= $(abspath $(SHARED)/nltk_data)
+endif
 export SHOPBOT_ARTIFACTS := $(ARTIFACTS)
 export PYTHONUNBUFFERED := 1
 

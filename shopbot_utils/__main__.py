@@ -1,12 +1,14 @@
-"""Command line: ``python -m shopbot_utils {similar,classify,build}``."""
+"""Command line: ``python -m shopbot_utils {similar,classify,ask,data,build}``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import asdict
 
 from . import config
 from .data import CatalogueNotFoundError, ImageError
+from .text import NLTKDataError
 from .vision import BACKBONES, ArtifactError
 
 
@@ -21,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="the article type of an image")
     c.add_argument("image")
     c.add_argument("--top", type=int, default=5)
+    a = sub.add_parser("ask", help="answer a shopper's message (intent, confidence, reply)")
+    a.add_argument("text")
+    a.add_argument("--json", action="store_true", help="print JSON instead of text")
     d = sub.add_parser("data", help="find (extract or download) the catalogue and report on it")
     d.add_argument("--data", default=None, help="Kaggle zip or folder (default: SHOPBOT_DATA, cache, download)")
     b = sub.add_parser("build", help="run the whole pipeline without notebooks")
@@ -54,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         from .bot import ShopBot
 
         bot = ShopBot.load(args.artifacts)
+        if args.command == "ask":
+            reply = bot.ask(args.text)
+            if args.json:
+                print(json.dumps(asdict(reply), indent=1))
+            else:
+                print(f"[{reply.intent} {reply.confidence:.2f}] {reply.text}")
+                if reply.understood:
+                    print("understood:", ", ".join(f"{k}={v}" for k, v in reply.understood.items()))
+                for p in reply.products:
+                    print(f"  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.productDisplayName}")
+            return 0
         if args.command == "classify":
             for name, p in bot.classify(args.image, top=args.top):
                 print(f"{p:6.3f}  {name}")
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in products:
                 print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.productDisplayName}")
         return 0
-    except (ImageError, ArtifactError, CatalogueNotFoundError, ValueError) as exc:
+    except (ImageError, ArtifactError, CatalogueNotFoundError, NLTKDataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

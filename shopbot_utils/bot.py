@@ -11,6 +11,7 @@ from . import config
 from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
 from .evaluate import ExactIndex
+from .intents import IntentClassifier, Reply
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
 PRODUCT_COLUMNS = ["id", "articleType", "subCategory", "baseColour", "productDisplayName"]
@@ -47,46 +48,94 @@ def load_products(folder: str | Path) -> pd.DataFrame:
 
 
 class ShopBot:
-    """The shopping assistant: classify a product photo and find similar catalogue products.
+    """The shopping assistant: answer questions, classify a product photo, find similar products.
 
     >>> bot = ShopBot.load("artifacts")                     # doctest: +SKIP
     >>> bot.similar("shoe.jpg", k=5)[0].articleType          # doctest: +SKIP
     'Casual Shoes'
+    >>> bot.ask("where is my order?").intent                 # doctest: +SKIP
+    'track_order'
+
+    The vision part (model, index, products) and the text part (intent classifier) load
+    independently: a bot with only one of them raises ``ArtifactError`` when the other is used.
     """
 
-    def __init__(self, model: ShopNet, info: ModelInfo, index: ExactIndex, products: pd.DataFrame):
-        missing = np.setdiff1d(index.ids, products.index.to_numpy())
-        if len(missing):
-            raise ArtifactError(f"{len(missing)} indexed ids have no product row (e.g. {missing[:3].tolist()})")
+    def __init__(self, model: ShopNet | None = None, info: ModelInfo | None = None, index: ExactIndex | None = None,
+                 products: pd.DataFrame | None = None, intents: IntentClassifier | None = None,
+                 folder: Path | None = None):
+        if index is not None and products is not None:
+            missing = np.setdiff1d(index.ids, products.index.to_numpy())
+            if len(missing):
+                raise ArtifactError(f"{len(missing)} indexed ids have no product row (e.g. {missing[:3].tolist()})")
         self.model, self.info, self.index, self.products = model, info, index, products
+        self.intents, self.folder = intents, folder
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> "ShopBot":
-        """Load the model, embeddings and products that ``make run`` wrote (default ``artifacts/``)."""
+        """Load what ``make run`` wrote (default ``artifacts/``): the vision model with its embeddings
+        and products (notebooks 02-03) and/or the intent classifier (notebook 06)."""
         folder = Path(folder) if folder is not None else config.artifacts_dir()
         if not folder.is_dir():
             raise ArtifactError(f"{folder} does not exist: run `make run` first or pass the artifacts folder")
-        model, info, digest = load_model(folder)
-        ids, vectors = load_embeddings(folder, model_sha256=digest)
-        return cls(model, info, ExactIndex(vectors, ids), load_products(folder))
+        has_vision, has_text = (folder / "model.json").is_file(), (folder / "intents").is_dir()
+        if not has_text or has_vision:
+            model, info, digest = load_model(folder)  # its error names what to run
+            ids, vectors = load_embeddings(folder, model_sha256=digest)
+            vision = dict(model=model, info=info, index=ExactIndex(vectors, ids), products=load_products(folder))
+        else:
+            vision = {}
+        intents = IntentClassifier.load(folder / "intents") if has_text else None
+        return cls(**vision, intents=intents, folder=folder)
+
+    def _need_vision(self) -> None:
+        if self.model is None:
+            raise ArtifactError(f"no trained vision model in {self.folder}: run notebooks 02-03 (or `make run`)")
 
     @property
     def classes(self) -> list[str]:
         """The article types the model knows."""
+        self._need_vision()
         return list(self.info.classes)
+
+    def ask(self, text: object) -> Reply:
+        """Answer a shopper's message: ``Reply(intent, confidence, text, understood, products)``.
+
+        Unsure (or empty, or not English) -> intent ``out_of_scope`` with a helpful fallback. For
+        ``product_search`` the reply says what was understood and, with a catalogue loaded, lists
+        up to 5 matching products.
+        """
+        if self.intents is None:
+            raise ArtifactError(f"no intent model in {self.folder}: run notebook 06 (or `make run`)")
+        reply = self.intents.reply(text)
+        if reply.understood and self.products is not None:
+            reply.products = self._matching_products(reply.understood)
+        return reply
+
+    def _matching_products(self, understood: dict, k: int = 5) -> list[Product]:
+        rows = self.products
+        for column in ("articleType", "baseColour"):
+            if column in understood:
+                rows = rows[rows[column].isin(understood[column])]
+        if "gender" in understood:  # products.csv has no gender column; the names say it
+            rows = rows[rows["productDisplayName"].str.contains(rf"\b{understood['gender']}\b", na=False)]
+        return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName, 1.0)
+                for r in rows.head(k).itertuples(index=False)]
 
     def classify(self, image: ImageInput, top: int | None = None) -> list[tuple[str, float]]:
         """``[(articleType, probability), ...]`` best first (all classes, or the ``top`` best)."""
+        self._need_vision()
         probs = predict_proba(self.model, [image], tuple(self.info.image_size))[0]
         order = np.argsort(-probs)[:top]
         return [(self.info.classes[i], float(probs[i])) for i in order]
 
     def embed(self, image: ImageInput) -> np.ndarray:
         """The image's embedding (the penultimate FC layer's output)."""
+        self._need_vision()
         return embed_images(self.model, [image], tuple(self.info.image_size))[0]
 
     def similar(self, image: ImageInput, k: int = 5) -> list[Product]:
         """The ``k`` catalogue products most similar to ``image``, best first."""
+        self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
         ids, scores = self.index.query(self.embed(image), k)

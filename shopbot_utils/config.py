@@ -46,6 +46,33 @@ def resnet34_weights() -> Path | None:
     return _env_path("SHOPBOT_RESNET34_WEIGHTS")
 
 
+SHARED = ROOT.parent / "shared"
+
+
+def _env_or_shared(name: str, shared_path: str) -> Path | None:
+    """The path in environment variable ``name``, else ``../shared/<shared_path>`` when it exists."""
+    path = _env_path(name)
+    if path is not None:
+        return path
+    path = SHARED / shared_path
+    return path if path.exists() else None
+
+
+def intents_file() -> Path:
+    """The intents JSON (``SHOPBOT_INTENTS``, default ``data/intents.json``)."""
+    return _env_path("SHOPBOT_INTENTS") or ROOT / "data" / "intents.json"
+
+
+def bitext_path() -> Path | None:
+    """Bitext customer-support utterances (``SHOPBOT_BITEXT``, else ../shared), or None."""
+    return _env_or_shared("SHOPBOT_BITEXT", "nlp/bitext/bitext_customer_support_train.csv")
+
+
+def clinc_path() -> Path | None:
+    """CLINC150 ``data_train_val.json`` (``SHOPBOT_CLINC``, else ../shared), or None."""
+    return _env_or_shared("SHOPBOT_CLINC", "nlp/clinc150/data_train_val.json")
+
+
 def offline() -> bool:
     """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}

@@ -163,3 +163,20 @@ def metrics_vs_baseline(metrics: dict) -> matplotlib.figure.Figure:
     ax2.set_title(f"latency, {lat['index_size']:,} products")
     fig.tight_layout()
     return fig
+
+
+def threshold_tradeoff(curve: pd.DataFrame, chosen: float, max_fallback: float) -> matplotlib.figure.Figure:
+    """Out-of-scope recall against in-scope fallback as the confidence threshold rises."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve["threshold"], curve["oos_recall"], label="out-of-scope caught (recall)")
+    ax.plot(curve["threshold"], curve["worst_source_fallback"], label="in-scope fallback (worst source)")
+    ax.plot(curve["threshold"], curve["in_scope_fallback"], ":", label="in-scope fallback (all)")
+    ax.axvline(chosen, color="grey", ls="--", lw=1)
+    ax.axhline(max_fallback, color="grey", ls=":", lw=1)
+    ax.annotate(f"chosen {chosen:.2f}", (chosen, 0.65), xytext=(4, 0), textcoords="offset points")
+    ax.set_xlabel("confidence threshold")
+    ax.set_ylabel("rate (validation)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Fallback threshold: catching out-of-scope costs in-scope answers")
+    ax.legend(loc="center right", fontsize=8)
+    return fig

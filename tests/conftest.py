@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_ZIP = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
+SHARED = ROOT.parent / "shared"
+SHARED_ZIP = SHARED / "data" / "fashion-product-images-small.zip"
+# NLTK reads NLTK_DATA when it is first imported: point it at ../shared before any test does.
+if (SHARED / "nltk_data").is_dir():
+    os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 
 
 @pytest.fixture(autouse=True)

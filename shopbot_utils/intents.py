@@ -1,0 +1,489 @@
+"""The text side: intents file, bag of words, a 3-layer network, and an out-of-scope fallback.
+
+``train_intents`` fits an ``IntentClassifier`` on ``data/intents.json`` (plus the Bitext utterances
+and CLINC150's out-of-domain questions when they are available), calibrates the fallback threshold
+on held-out data, and ``IntentClassifier.reply`` answers a message.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__, config
+from .config import logger
+from .text import Preprocessor, clean_text
+from .vision import ArtifactError
+
+OUT_OF_SCOPE = "out_of_scope"
+INTENT_FORMAT = "shopbot-intents"
+INTENT_FORMAT_VERSION = 1
+FALLBACK_REPLY = ("Sorry, I'm not sure I understood. I can help with orders, delivery, returns and refunds, "
+                  "payments, your account and sizes, or find products: describe one or upload a photo. "
+                  "Type \"human\" to talk to a person.")
+NOT_ENGLISH_REPLY = ("Sorry, I only understand English for now. Try \"where is my order?\" or upload a photo "
+                     "of a product.")
+EMPTY_REPLY = "Type a question (e.g. \"where is my order?\") or upload a photo of a product you like."
+#: CLINC150 intents that are in scope for a shop (orders, cards declined...) or are chat about the
+#: bot itself (CLINC's "small_talk" and "meta" domains overlap our greeting/thanks/bot_capabilities):
+#: never used as out-of-scope examples. The other domains (banking, travel, cooking...) are.
+CLINC_NOT_OUT_OF_SCOPE_DOMAINS = frozenset({"small_talk", "meta"})
+CLINC_IN_SCOPE = frozenset({"order_status", "order", "card_declined", "shopping_list", "shopping_list_update"})
+#: A message needs at least this share of its words in the model's vocabulary to be answered
+#: (a Spanish or made-up sentence shares a word or two by chance, never half).
+MIN_COVERAGE = 0.5
+
+
+# --------------------------------------------------------------------------- data
+def load_intents(path: str | Path | None = None) -> dict[str, dict]:
+    """``{tag: {"patterns": [...], "responses": [...]}}`` from an intents JSON file (checked)."""
+    path = Path(path) if path is not None else config.intents_file()
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read intents file {path}: {exc}") from None
+    items = raw.get("intents") if isinstance(raw, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path}: expected {{\"intents\": [{{\"tag\", \"patterns\", \"responses\"}}, ...]}}")
+    intents: dict[str, dict] = {}
+    for i, item in enumerate(items):
+        tag = item.get("tag") if isinstance(item, dict) else None
+        if not isinstance(tag, str) or not tag or tag == OUT_OF_SCOPE or tag in intents:
+            raise ValueError(f"{path}: intent #{i} has a missing, reserved or repeated tag {tag!r}")
+        for key in ("patterns", "responses"):
+            values = item.get(key)
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+                raise ValueError(f"{path}: intent {tag!r} needs a non-empty list of strings in {key!r}")
+        intents[tag] = {"patterns": item["patterns"], "responses": item["responses"]}
+    return intents
+
+
+def intent_examples(intents: dict[str, dict], bitext: str | Path | None = None) -> pd.DataFrame:
+    """Labelled examples ``text, tag, source``: the patterns, plus Bitext utterances whose intent we have."""
+    rows = [(p, tag, "patterns") for tag, item in intents.items() for p in item["patterns"]]
+    frame = pd.DataFrame(rows, columns=["text", "tag", "source"])
+    if bitext is not None:
+        bt = pd.read_csv(bitext, usecols=["instruction", "intent"]).dropna()
+        bt = bt[bt["intent"].isin(intents)]
+        frame = pd.concat([frame, pd.DataFrame({"text": bt["instruction"], "tag": bt["intent"], "source": "bitext"})],
+                          ignore_index=True)
+    return frame
+
+
+def split_examples(frame: pd.DataFrame, fractions=(0.7, 0.1, 0.2), seed: int = config.SEED) -> pd.DataFrame:
+    """Adds ``split`` (train/valid/test), stratified by source and tag, seeded; every tag keeps a train example."""
+    rng = np.random.default_rng(seed)
+    out = frame.copy()
+    out["split"] = "train"
+    for _, idx in out.groupby(["source", "tag"]).groups.items():
+        idx = rng.permutation(np.asarray(idx))
+        n_test = int(round(len(idx) * fractions[2])) if len(idx) >= 3 else 0
+        n_valid = int(round(len(idx) * fractions[1])) if len(idx) >= 5 else 0
+        out.loc[idx[:n_test], "split"] = "test"
+        out.loc[idx[n_test:n_test + n_valid], "split"] = "valid"
+    return out
+
+
+def clinc_out_of_scope(path: str | Path, per_intent_train: int = 12, per_intent_valid: int = 4,
+                       seed: int = config.SEED) -> pd.DataFrame:
+    """Out-of-scope questions from CLINC150, labelled ``out_of_scope`` with a split.
+
+    train: ``per_intent_train`` questions of every out-of-domain CLINC intent + ``oos_train``;
+    valid (threshold calibration): ``per_intent_valid`` of each from CLINC's ``val``;
+    test: ``oos_val``, only ever used to report out-of-scope recall.
+    """
+    path = Path(path)
+    data = json.loads(path.read_text())
+    domains = json.loads((path.parent / "domains.json").read_text())
+    excluded = CLINC_IN_SCOPE.union(*(domains[d] for d in CLINC_NOT_OUT_OF_SCOPE_DOMAINS))
+    rng = np.random.default_rng(seed)
+
+    def sample(pairs, n):
+        frame = pd.DataFrame(pairs, columns=["text", "clinc_intent"])
+        frame = frame[~frame["clinc_intent"].isin(excluded)]
+        return frame.groupby("clinc_intent", group_keys=False).apply(
+            lambda g: g.iloc[rng.permutation(len(g))[:n]])
+
+    parts = [sample(data["train"], per_intent_train).assign(split="train"),
+             pd.DataFrame(data["oos_train"], columns=["text", "clinc_intent"]).assign(split="train"),
+             sample(data["val"], per_intent_valid).assign(split="valid"),
+             pd.DataFrame(data["oos_val"], columns=["text", "clinc_intent"]).assign(split="test")]
+    out = pd.concat(parts, ignore_index=True)
+    return out.assign(tag=OUT_OF_SCOPE, source="clinc150")[["text", "tag", "source", "split", "clinc_intent"]]
+
+
+# --------------------------------------------------------------------------- model
+class IntentNet(nn.Module):
+    """Bag of words -> ReLU -> ReLU -> intent logits: the poster's 3-layer network."""
+
+    def __init__(self, n_features: int, n_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.4):
+        super().__init__()
+        h1, h2 = hidden
+        self.layers = nn.Sequential(nn.Linear(n_features, h1), nn.ReLU(), nn.Dropout(dropout),
+                                    nn.Linear(h1, h2), nn.ReLU(), nn.Dropout(dropout),
+                                    nn.Linear(h2, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@dataclass
+class Reply:
+    """What ``ShopBot.ask`` answers: the intent, how sure the model is, and the text to show."""
+
+    intent: str
+    confidence: float
+    text: str
+    #: For ``product_search``: the article types, colours and gender understood from the message.
+    understood: dict = field(default_factory=dict)
+    #: For ``product_search`` with a catalogue loaded: products matching what was understood.
+    products: list = field(default_factory=list)
+
+
+class IntentClassifier:
+    """Preprocessing + bag of words + ``IntentNet`` + the calibrated fallback threshold."""
+
+    def __init__(self, preprocessor: Preprocessor, features: list[str], classes: list[str], net: IntentNet,
+                 responses: dict[str, list[str]], threshold: float = 0.5, hidden=(256, 128), seed: int = config.SEED):
+        self.pre, self.features, self.classes, self.net = preprocessor, list(features), list(classes), net.eval()
+        self.column = {f: i for i, f in enumerate(self.features)}
+        self.responses, self.threshold, self.hidden = responses, float(threshold), tuple(hidden)
+        self.in_scope = np.array([c != OUT_OF_SCOPE for c in self.classes])
+        self._rng = random.Random(seed)
+
+    # ---------------------------------------------------------------- features and probabilities
+    def bag_of_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Binary bag-of-words rows (N, n_features) over the training vocabulary, and each text's
+        coverage: the share of its features in that vocabulary (0 for a text with none, or not in English)."""
+        out = np.zeros((len(texts), len(self.features)), np.float32)
+        coverage = np.zeros(len(texts))
+        for row, text in enumerate(texts):
+            tokens = self.pre(text)
+            cols = [self.column[t] for t in tokens if t in self.column]
+            out[row, cols] = 1.0
+            english = self.pre.language(text) == "english"
+            coverage[row] = len(cols) / len(tokens) if tokens and english else 0.0
+        return out, coverage
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities (N, n_classes); a text under ``MIN_COVERAGE`` gets all zeros (unknown)."""
+        x, coverage = self.bag_of_words(texts)
+        probs = self.net(torch.from_numpy(x)).softmax(1).numpy()
+        probs[coverage < MIN_COVERAGE] = 0.0
+        return probs
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> tuple[list[str], np.ndarray]:
+        """Intent and confidence per row: ``out_of_scope`` when that class wins, the best in-scope
+        probability is under the threshold, or the text was mostly unknown words (all-zero row)."""
+        threshold = self.threshold if threshold is None else threshold
+        probs = np.atleast_2d(probs)
+        masked = np.where(self.in_scope, probs, -1.0)
+        best = masked.argmax(1)
+        conf = masked[np.arange(len(probs)), best]
+        fallback = (probs.argmax(1) != best) | (conf < threshold) | (conf <= 0)
+        labels = [OUT_OF_SCOPE if f else self.classes[b] for f, b in zip(fallback, best)]
+        return labels, np.where(fallback, 1.0 - conf, conf)
+
+    def predict(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """Intents (with the fallback) and confidences for a list of messages."""
+        return self.decide(self.predict_proba(list(texts)))
+
+    def reply(self, text: object) -> Reply:
+        """Classify one message and pick a response (seeded); never raises on odd text."""
+        text = clean_text(text)
+        if not self.pre(text):
+            # Nothing left after preprocessing: empty, emoji-only, digits, another alphabet...
+            return Reply(OUT_OF_SCOPE, 1.0, EMPTY_REPLY if not text else FALLBACK_REPLY)
+        if self.pre.language(text) != "english":
+            return Reply(OUT_OF_SCOPE, 1.0, NOT_ENGLISH_REPLY)
+        (intent,), (conf,) = self.predict([text])
+        if intent == OUT_OF_SCOPE:
+            return Reply(intent, float(conf), FALLBACK_REPLY)
+        understood = understand_product(text) if intent == "product_search" else {}
+        return Reply(intent, float(conf), self._rng.choice(self.responses[intent]), understood)
+
+    # ---------------------------------------------------------------- persistence (no pickle)
+    def save(self, folder: str | Path) -> Path:
+        """Write ``intent_model.npz`` (weights) and ``intent_model.json`` (everything else)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "intent_model.npz", **{k: v.numpy() for k, v in self.net.state_dict().items()})
+        meta = {"format": INTENT_FORMAT, "format_version": INTENT_FORMAT_VERSION, "package_version": __version__,
+                "classes": self.classes, "features": self.features, "vocabulary": self.pre.counts,
+                "threshold": self.threshold, "hidden": list(self.hidden), "responses": self.responses}
+        path = folder / "intent_model.json"
+        path.write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "IntentClassifier":
+        """Read what ``save`` wrote; ``ArtifactError`` if missing, damaged or from another format version."""
+        folder = Path(folder)
+        meta_path, weights_path = folder / "intent_model.json", folder / "intent_model.npz"
+        if not meta_path.is_file() or not weights_path.is_file():
+            raise ArtifactError(f"no intent model in {folder}: run notebook 06 (or `make run`) first")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
+        if meta.get("format") != INTENT_FORMAT or meta.get("format_version") != INTENT_FORMAT_VERSION:
+            raise ArtifactError(f"{meta_path} has format {meta.get('format')!r} v{meta.get('format_version')}; "
+                                f"shopbot_utils {__version__} reads {INTENT_FORMAT!r} v{INTENT_FORMAT_VERSION}: "
+                                "retrain with notebook 06")
+        net = IntentNet(len(meta["features"]), len(meta["classes"]), meta["hidden"])
+        try:
+            with np.load(weights_path, allow_pickle=False) as arrays:
+                net.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
+        except Exception as exc:  # noqa: BLE001 - damaged or mismatched weights: say which file
+            raise ArtifactError(f"{weights_path} does not match {meta_path}: {exc}") from None
+        return cls(Preprocessor(meta["vocabulary"], meta["features"]), meta["features"], meta["classes"], net,
+                   meta["responses"], meta["threshold"], meta["hidden"])
+
+
+# --------------------------------------------------------------------------- training
+def fit_net(x: np.ndarray, y: np.ndarray, n_classes: int, hidden=(256, 128), epochs: int = 40, lr: float = 1e-3,
+            batch_size: int = 32, weight_decay: float = 1e-4, seed: int = config.SEED) -> IntentNet:
+    """Train ``IntentNet`` with Adam on class-balanced cross-entropy; seeded, so repeatable."""
+    config.seed_everything(seed)
+    net = IntentNet(x.shape[1], n_classes, hidden)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float32)
+    weights = torch.from_numpy(len(y) / (n_classes * np.maximum(counts, 1)))
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batches of 32 x a few thousand features: threads only add overhead
+    try:
+        for _ in range(epochs):
+            for idx in torch.randperm(len(yt), generator=gen).split(batch_size):
+                opt.zero_grad()
+                loss_fn(net(xt[idx]), yt[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return net.eval()
+
+
+def calibrate_threshold(clf: IntentClassifier, in_scope: pd.DataFrame, out_of_scope: Sequence[str] = (),
+                        max_fallback: float = 0.03) -> tuple[float, pd.DataFrame]:
+    """The highest threshold at which no source of in-scope text (``in_scope.source``: our patterns,
+    Bitext) falls back more often than ``max_fallback``.
+
+    Returns it with the trade-off table (threshold, in-scope fallback overall and for the worst
+    source, out-of-scope recall).
+    """
+    p_in = clf.predict_proba(in_scope["text"].tolist())
+    p_out = clf.predict_proba(list(out_of_scope)) if len(out_of_scope) else None
+    curve = tradeoff(clf, p_in, p_out, groups=in_scope["source"].to_numpy())
+    ok = curve[curve["worst_source_fallback"] <= max_fallback]
+    return float(ok["threshold"].max() if len(ok) else 0.0), curve
+
+
+def tradeoff(clf: IntentClassifier, p_in: np.ndarray, p_out: np.ndarray | None, groups: np.ndarray | None = None,
+             thresholds: Sequence[float] = tuple(np.round(np.linspace(0, 0.99, 100), 2))) -> pd.DataFrame:
+    """In-scope fallback rate (overall and worst group) and out-of-scope recall for each threshold."""
+    groups = np.zeros(len(p_in)) if groups is None else np.asarray(groups)
+    rows = []
+    for t in thresholds:
+        fb_in = np.array([lab == OUT_OF_SCOPE for lab in clf.decide(p_in, t)[0]])
+        worst = max(fb_in[groups == g].mean() for g in np.unique(groups))
+        rec = np.mean([lab == OUT_OF_SCOPE for lab in clf.decide(p_out, t)[0]]) if p_out is not None else np.nan
+        rows.append((float(t), float(fb_in.mean()), float(worst), float(rec)))
+    return pd.DataFrame(rows, columns=["threshold", "in_scope_fallback", "worst_source_fallback", "oos_recall"])
+
+
+@dataclass
+class IntentTraining:
+    """A trained classifier and the data it was trained, calibrated and tested on."""
+
+    classifier: IntentClassifier
+    examples: pd.DataFrame  # in-scope examples with split
+    out_of_scope: pd.DataFrame  # CLINC150 examples with split (empty without CLINC)
+    curve: pd.DataFrame  # threshold trade-off on the validation data
+
+
+def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, clinc: str | Path | None = None,
+                  hidden=(256, 128), epochs: int = 40, lr: float = 1e-3, max_fallback: float = 0.05,
+                  seed: int = config.SEED) -> IntentTraining:
+    """Preprocess, build the bag of words, train the network, calibrate the fallback threshold."""
+    examples = split_examples(intent_examples(intents, bitext), seed=seed)
+    oos = clinc_out_of_scope(clinc, seed=seed) if clinc is not None else \
+        pd.DataFrame(columns=["text", "tag", "source", "split", "clinc_intent"])
+    pre = Preprocessor()
+    train = pd.concat([examples[examples["split"] == "train"], oos[oos["split"] == "train"]], ignore_index=True)
+    pre.set_vocabulary(w for text in train["text"] for w in pre.surface(text))
+    tokens = [tuple(pre(text)) for text in train["text"]]
+    # De-duplicate: the same features with the same label teach nothing new (Bitext repeats itself).
+    train = train.assign(tokens=tokens).drop_duplicates(["tokens", "tag"])
+    train = train[train["tokens"].map(len) > 0]
+    features = sorted({t for toks in train["tokens"] for t in toks})
+    pre.set_vocabulary(pre.counts, features)
+    classes = sorted(intents) + ([OUT_OF_SCOPE] if len(oos) else [])
+    label = {c: i for i, c in enumerate(classes)}
+    logger.info("intent training: %d examples (%d after de-duplication), %d features, %d classes",
+                len(tokens), len(train), len(features), len(classes))
+    clf = IntentClassifier(pre, features, classes, IntentNet(len(features), len(classes), hidden),
+                           {t: item["responses"] for t, item in intents.items()}, hidden=hidden, seed=seed)
+    x, _ = clf.bag_of_words(train["text"].tolist())
+    clf.net = fit_net(x, train["tag"].map(label).to_numpy(), len(classes), hidden, epochs, lr, seed=seed)
+    valid_in = examples[examples["split"] == "valid"]
+    valid_out = oos.loc[oos["split"] == "valid", "text"].tolist()
+    clf.threshold, curve = calibrate_threshold(clf, valid_in, valid_out, max_fallback)
+    return IntentTraining(clf, examples, oos, curve)
+
+
+def _report(test: pd.DataFrame, predicted: Sequence[str], oos_predicted: Sequence[str], threshold: float) -> dict:
+    """Accuracy and macro-F1 (a fallback counts as a wrong answer) overall and per source, the
+    in-scope fallback rate, and out-of-scope recall when there are out-of-scope test questions."""
+    from .evaluate import classification_metrics
+
+    test = test.assign(predicted=list(predicted))
+    result = {"all": classification_metrics(test["tag"].tolist(), test["predicted"].tolist())}
+    for source, part in test.groupby("source"):
+        result[source] = classification_metrics(part["tag"].tolist(), part["predicted"].tolist())
+    result["in_scope_fallback"] = float(np.mean(test["predicted"] == OUT_OF_SCOPE))
+    if len(oos_predicted):
+        result["oos_recall"] = float(np.mean([p == OUT_OF_SCOPE for p in oos_predicted]))
+    result["threshold"] = float(threshold)
+    return result
+
+
+def evaluate_intents(clf: IntentClassifier, examples: pd.DataFrame, out_of_scope: pd.DataFrame) -> dict:
+    """Held-out metrics of ``clf`` (see ``_report``) on the test parts of both frames."""
+    test = examples[examples["split"] == "test"]
+    oos_test = out_of_scope.loc[out_of_scope["split"] == "test", "text"].tolist()
+    return _report(test, clf.predict(test["text"].tolist())[0], clf.predict(oos_test)[0] if oos_test else [],
+                   clf.threshold)
+
+
+def tfidf_baseline(examples: pd.DataFrame, out_of_scope: pd.DataFrame, max_fallback: float = 0.05,
+                   seed: int = config.SEED) -> dict:
+    """The stronger baseline: TF-IDF of words and character n-grams + logistic regression, same
+    splits, same fallback rule and calibration (worst source's fallback <= ``max_fallback``)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    data = pd.concat([examples, out_of_scope], ignore_index=True)
+    part = {s: data[data["split"] == s] for s in ("train", "valid", "test")}
+    model = make_pipeline(
+        make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                   TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)),
+        LogisticRegression(C=10, max_iter=2000, class_weight="balanced", random_state=seed))
+    model.fit(part["train"]["text"], part["train"]["tag"])
+    classes = list(model.classes_)
+    in_scope = np.array([c != OUT_OF_SCOPE for c in classes])
+
+    def decide(p: np.ndarray, t: float) -> list[str]:
+        masked = np.where(in_scope, p, -1.0)
+        best = masked.argmax(1)
+        fallback = (p.argmax(1) != best) | (masked.max(1) < t)
+        return [OUT_OF_SCOPE if f else classes[b] for f, b in zip(fallback, best)]
+
+    valid_in = part["valid"][part["valid"]["tag"] != OUT_OF_SCOPE]
+    valid_probs = [model.predict_proba(g["text"]) for _, g in valid_in.groupby("source")]
+    worst = lambda t: max(np.mean([p == OUT_OF_SCOPE for p in decide(v, t)]) for v in valid_probs)  # noqa: E731
+    ok = [t for t in np.round(np.linspace(0, 0.99, 100), 2) if worst(t) <= max_fallback]
+    threshold = float(max(ok)) if ok else 0.0
+    test_in = part["test"][part["test"]["tag"] != OUT_OF_SCOPE]
+    test_out = part["test"][part["test"]["tag"] == OUT_OF_SCOPE]
+    return _report(test_in, decide(model.predict_proba(test_in["text"]), threshold),
+                   decide(model.predict_proba(test_out["text"]), threshold) if len(test_out) else [], threshold)
+
+
+def ask_latency(clf: IntentClassifier, texts: Sequence[str]) -> dict:
+    """p50/p95 ms of ``reply`` per message (warm: the first calls load WordNet)."""
+    from .evaluate import latency_ms
+
+    return latency_ms(clf.reply, list(texts))
+
+
+def build_intents(artifacts: str | Path, intents_path: str | Path | None = None, bitext: str | Path | None = None,
+                  clinc: str | Path | None = None, epochs: int = 40, max_fallback: float = 0.05,
+                  baseline: bool = True, seed: int = config.SEED) -> tuple[IntentTraining, dict]:
+    """Train, calibrate and evaluate the intent classifier (and the TF-IDF baseline on the same
+    splits); save it to ``artifacts/intents/`` with ``metrics.json`` and the threshold trade-off."""
+    training = train_intents(load_intents(intents_path), bitext, clinc, epochs=epochs,
+                             max_fallback=max_fallback, seed=seed)
+    metrics = {"bag_of_words_mlp": evaluate_intents(training.classifier, training.examples, training.out_of_scope),
+               "data": {"bitext": str(bitext) if bitext else None, "clinc150": str(clinc) if clinc else None,
+                        "examples": training.examples.groupby(["source", "split"]).size().unstack().to_dict(),
+                        "features": len(training.classifier.features)}}
+    if baseline:
+        metrics["tfidf_logreg"] = tfidf_baseline(training.examples, training.out_of_scope, max_fallback, seed)
+    test = training.examples.loc[training.examples["split"] == "test", "text"]
+    metrics["ask_latency"] = ask_latency(training.classifier, test.sample(min(200, len(test)), random_state=seed).tolist())
+    out = Path(artifacts) / "intents"
+    training.classifier.save(out)
+    training.curve.to_csv(out / "threshold_tradeoff.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return training, metrics
+
+
+# --------------------------------------------------------------------------- product understanding
+#: Words shoppers use for the Fashion-37 article types (singular; plurals are matched too).
+ARTICLE_WORDS = {
+    "Backpacks": ["backpack", "rucksack", "school bag"], "Belts": ["belt"], "Bra": ["bra"],
+    "Briefs": ["brief", "underwear", "boxer"], "Caps": ["cap", "hat"], "Casual Shoes": ["casual shoe", "sneaker"],
+    "Clutches": ["clutch"], "Deodorant": ["deodorant", "deo"], "Dresses": ["dress", "gown"],
+    "Earrings": ["earring"], "Flats": ["flat", "ballerina"], "Flip Flops": ["flip flop", "flip-flop", "slipper"],
+    "Formal Shoes": ["formal shoe", "oxford", "loafer", "derby"], "Handbags": ["handbag", "bag", "purse", "tote"],
+    "Heels": ["heel", "stiletto", "pump"], "Jackets": ["jacket", "coat", "blazer"], "Jeans": ["jean", "denim"],
+    "Kurtas": ["kurta", "kurti"], "Lipstick": ["lipstick"], "Nail Polish": ["nail polish", "nail paint"],
+    "Perfume and Body Mist": ["perfume", "body mist", "fragrance", "scent"], "Sandals": ["sandal"],
+    "Sarees": ["saree", "sari"], "Shirts": ["shirt"], "Shorts": ["short"], "Socks": ["sock"],
+    "Sports Shoes": ["sports shoe", "sport shoe", "running shoe", "trainer", "shoes for running"],
+    "Sunglasses": ["sunglass", "shades"], "Sweaters": ["sweater", "jumper", "pullover", "cardigan"],
+    "Sweatshirts": ["sweatshirt", "hoodie"], "Ties": ["tie"], "Tops": ["top", "blouse"],
+    "Track Pants": ["track pant", "jogger", "trackpant"], "Trousers": ["trouser", "pant", "chino"],
+    "Tshirts": ["t-shirt", "tshirt", "t shirt", "tee"], "Wallets": ["wallet"], "Watches": ["watch"],
+}
+COLOURS = ["navy blue", "black", "white", "blue", "brown", "grey", "red", "green", "pink", "silver",
+           "purple", "yellow", "beige", "gold", "maroon", "orange", "olive", "cream", "charcoal",
+           "peach", "off white", "khaki", "magenta", "teal", "turquoise blue", "tan", "lavender",
+           "mustard", "copper", "rust", "burgundy", "multi"]
+GENDERS = {"Men": ["men", "man", "male", "boy", "gents", "mens", "guy", "him"],
+           "Women": ["women", "woman", "female", "girl", "ladies", "lady", "womens", "her"]}
+
+
+def _phrase_pattern(words: Sequence[str]) -> re.Pattern:
+    alternatives = sorted((re.escape(w).replace(r"\ ", r"[\s-]?") for w in words), key=len, reverse=True)
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")(?:s|es)?\b")
+
+
+_ARTICLE_PATTERNS = {t: _phrase_pattern(w) for t, w in ARTICLE_WORDS.items()}
+_COLOUR_PATTERNS = {c: _phrase_pattern([c]) for c in COLOURS}
+_GENDER_PATTERNS = {g: _phrase_pattern(w) for g, w in GENDERS.items()}
+
+
+def understand_product(text: str) -> dict:
+    """Article types, colour and gender named in a product description (possessives ignored)."""
+    text = text.lower().replace("'s", "").replace("’s", "")
+    found = {}
+    spans = {t: [m.span() for m in p.finditer(text)] for t, p in _ARTICLE_PATTERNS.items()}
+    # A match inside a longer one is not a mention: "shirt" in "t-shirts", "bag" in "school bag".
+    inside = lambda a, b: a != b and b[0] <= a[0] and a[1] <= b[1]  # noqa: E731
+    others = [span for found_spans in spans.values() for span in found_spans]
+    types = [t for t, found_spans in spans.items()
+             if any(not any(inside(a, b) for b in others) for a in found_spans)]
+    if types:
+        found["articleType"] = types
+    colours = [c.title() for c, p in _COLOUR_PATTERNS.items() if p.search(text)]
+    colours = [c for c in colours if not any(c != o and c.lower() in o.lower() for o in colours)]
+    if colours:
+        found["baseColour"] = colours
+    genders = [g for g, p in _GENDER_PATTERNS.items() if p.search(text)]
+    if len(genders) == 1:
+        found["gender"] = genders[0]
+    return found
