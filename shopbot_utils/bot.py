@@ -10,7 +10,7 @@ import pandas as pd
 from . import config
 from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
-from .evaluate import ExactIndex
+from .index import DEFAULT_INDEX, ExactIndex, Index, build_index, load_index
 from .intents import IntentClassifier, Reply
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
@@ -60,7 +60,7 @@ class ShopBot:
     independently: a bot with only one of them raises ``ArtifactError`` when the other is used.
     """
 
-    def __init__(self, model: ShopNet | None = None, info: ModelInfo | None = None, index: ExactIndex | None = None,
+    def __init__(self, model: ShopNet | None = None, info: ModelInfo | None = None, index: Index | None = None,
                  products: pd.DataFrame | None = None, intents: IntentClassifier | None = None,
                  folder: Path | None = None):
         if index is not None and products is not None:
@@ -69,6 +69,7 @@ class ShopBot:
                 raise ArtifactError(f"{len(missing)} indexed ids have no product row (e.g. {missing[:3].tolist()})")
         self.model, self.info, self.index, self.products = model, info, index, products
         self.intents, self.folder = intents, folder
+        self._indexes: dict[str, Index] = {index.kind: index} if index is not None else {}
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> "ShopBot":
@@ -81,7 +82,9 @@ class ShopBot:
         if not has_text or has_vision:
             model, info, digest = load_model(folder)  # its error names what to run
             ids, vectors = load_embeddings(folder, model_sha256=digest)
-            vision = dict(model=model, info=info, index=ExactIndex(vectors, ids), products=load_products(folder))
+            # The index notebook 04 chose and saved; exact search until it has run.
+            index = load_index(folder, vectors, ids) if (folder / "index.json").is_file() else ExactIndex(vectors, ids)
+            vision = dict(model=model, info=info, index=index, products=load_products(folder))
         else:
             vision = {}
         intents = IntentClassifier.load(folder / "intents") if has_text else None
@@ -133,12 +136,24 @@ class ShopBot:
         self._need_vision()
         return embed_images(self.model, [image], tuple(self.info.image_size))[0]
 
-    def similar(self, image: ImageInput, k: int = 5) -> list[Product]:
-        """The ``k`` catalogue products most similar to ``image``, best first."""
+    def get_index(self, index: str | Index | None = None) -> Index:
+        """The bot's index (``None``), an index given by kind (``'exact'``, ``'lsh'``, ``'faiss'``,
+        ``'datasketch'``: built once with default settings over the same embeddings), or ``index``."""
+        self._need_vision()
+        if index is None:
+            return self.index
+        if isinstance(index, Index):
+            return index
+        if index not in self._indexes:
+            self._indexes[index] = build_index(index, self.index.vectors, self.index.ids)
+        return self._indexes[index]
+
+    def similar(self, image: ImageInput, k: int = 5, index: str | Index | None = None) -> list[Product]:
+        """The ``k`` catalogue products most similar to ``image``, best first (``index``: see ``get_index``)."""
         self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
-        ids, scores = self.index.query(self.embed(image), k)
+        ids, scores = self.get_index(index).query(self.embed(image), k)
         rows = self.products.loc[ids]
         return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName,
                         float(s)) for r, s in zip(rows.itertuples(index=False), scores)]

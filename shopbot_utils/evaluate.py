@@ -8,59 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` largest scores of each row, best first."""
-    k = min(k, scores.shape[1])
-    if k == 0:
-        return np.zeros((scores.shape[0], 0), dtype=np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
-class ExactIndex:
-    """Exact cosine top-k search with numpy: the baseline every other index is judged against.
-
-    >>> index = ExactIndex(np.eye(3), ids=[10, 11, 12])
-    >>> index.query(np.array([0.9, 0.1, 0.0]), k=2)[0].tolist()
-    [10, 11]
-    """
-
-    name = "exact"
-
-    def __init__(self, vectors: np.ndarray, ids: Sequence[int]):
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or len(vectors) != len(ids):
-            raise ValueError(f"need a 2-D array with one row per id, got {vectors.shape} for {len(ids)} ids")
-        self.vectors = l2_normalize(vectors)
-        self.ids = np.asarray(ids, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def query_batch(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, cosine scores)`` of the ``k`` nearest rows for each query row, best first."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = l2_normalize(np.atleast_2d(queries))
-        if queries.shape[1] != self.vectors.shape[1]:
-            raise ValueError(f"query has {queries.shape[1]} dimensions, the index {self.vectors.shape[1]}")
-        scores = queries @ self.vectors.T
-        top = _top_k(scores, k)
-        return self.ids[top], np.take_along_axis(scores, top, axis=1)
-
-    def query(self, vector: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, cosine scores)`` of the ``k`` nearest rows to one vector, best first."""
-        ids, scores = self.query_batch(np.asarray(vector)[None, :], k)
-        return ids[0], scores[0]
+from .index import ExactIndex, l2_normalize  # noqa: F401 - re-exported: the search lives in .index
 
 
 def match_scores(query_types: Sequence[str], query_subcats: Sequence[str],
@@ -84,6 +32,8 @@ def retrieval_metrics(index, queries: np.ndarray, query_ids: Sequence[int], prod
     query_ids = np.asarray(query_ids, dtype=np.int64)
     keep = found != query_ids[:, None]
     results = np.array([row[mask][:k] for row, mask in zip(found, keep)])
+    if results.shape[1] < k:
+        raise ValueError(f"the index holds too few products for k={k}")
     q = products.loc[query_ids]
     r_types = products["articleType"].to_numpy(dtype=object)[products.index.get_indexer(results.ravel())]
     r_subs = products["subCategory"].to_numpy(dtype=object)[products.index.get_indexer(results.ravel())]

@@ -13,7 +13,8 @@ from . import config
 from .bot import ShopBot, load_products, save_products
 from .config import logger
 from .data import Catalogue, load_catalogue, load_split, make_split, save_split
-from .embed import embed_files, save_embeddings
+from .embed import embed_files, load_embeddings, save_embeddings
+from .index import DEFAULT_INDEX, Index, build_index, save_index
 from .evaluate import ExactIndex, classification_metrics, latency_ms, retrieval_metrics
 from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, create_model, load_model,
                      predict_proba, run_prefix, save_model, train_cached, train_full)
@@ -100,9 +101,22 @@ def embed_catalogue(artifacts: str | Path, catalogue: Catalogue, scope: str = "c
                                         tuple(info.image_size), batch_size)
     save_embeddings(artifacts, ids, vectors, digest)
     save_products(artifacts, catalogue.styles, ids)
+    for stale in (Path(artifacts) / "index.json", Path(artifacts) / "index.npz"):
+        if stale.exists():  # built from the old embeddings: notebook 04 builds it again
+            stale.unlink()
+            logger.info("removed %s (it indexed the previous embeddings)", stale)
     if skipped:
         logger.warning("%d images could not be embedded (missing or unreadable): %s", len(skipped), skipped[:10])
     return {"embedded": int(len(ids)), "skipped": skipped, "dim": int(vectors.shape[1])}
+
+
+def index_catalogue(artifacts: str | Path, kind: str = DEFAULT_INDEX, **params) -> Index:
+    """Build the search index over the saved embeddings and save it as the bot's index."""
+    _, info, digest = load_model(artifacts)
+    ids, vectors = load_embeddings(artifacts, model_sha256=digest)
+    index = build_index(kind, vectors, ids, **params)
+    save_index(index, artifacts)
+    return index
 
 
 def split_retrieval_metrics(bot: ShopBot, split: pd.DataFrame, k: int = 5) -> dict:
@@ -135,6 +149,7 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     sample = [paths[i] for i in rng.choice(len(paths), min(latency_queries, len(paths)), replace=False)]
     metrics["latency_similar"] = latency_ms(lambda p: bot.similar(p, k=k), sample)
     metrics["latency_similar"]["index_size"] = len(bot.index)
+    metrics["latency_similar"]["index"] = {"kind": bot.index.kind, **bot.index.params}
     metrics["baseline_reference"] = BASELINE
     metrics["targets"] = TARGETS
     metrics["model"] = {"backbone": bot.info.backbone, **bot.info.training}
@@ -151,4 +166,5 @@ def build(artifacts: str | Path | None = None, source: str | Path | None = None,
     catalogue, split = prepare_data(artifacts, source, per_class)
     train_model(artifacts, catalogue, split, backbone=backbone, mode=mode, epochs=epochs)
     embed_catalogue(artifacts, catalogue, scope=scope)
+    index_catalogue(artifacts)
     return evaluate_artifacts(artifacts, catalogue)

@@ -180,3 +180,38 @@ def threshold_tradeoff(curve: pd.DataFrame, chosen: float, max_fallback: float) 
     ax.set_title("Fallback threshold: catching out-of-scope costs in-scope answers")
     ax.legend(loc="center right", fontsize=8)
     return fig
+
+
+def recall_vs_latency(results: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Recall@10 against exact search vs p50 single-query time, one point per index setting."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"exact": "black", "lsh": "#4c72b0", "faiss": "#dd8452", "datasketch": "#55a868"}
+    for kind, part in results.groupby("kind"):
+        ax.scatter(part["p50_ms"], part["recall@10"], s=40, color=colours.get(kind), label=kind, zorder=3)
+        for _, row in part.iterrows():
+            ax.annotate(row["index"].removeprefix(f"{kind} "), (row["p50_ms"], row["recall@10"]), fontsize=7,
+                        xytext=(4, -3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per single query (p50, one thread, log scale)")
+    ax.set_ylabel("recall@10 vs exact search")
+    ax.set_title("Recall against latency on the catalogue embeddings")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def index_scaling(scale: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Build time and query time against catalogue size, log-log, one line per index kind."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, part in scale.groupby("kind"):
+        axes[0].plot(part["n"], part["build_s"], "o-", label=kind)
+        axes[1].plot(part["n"], part["p50_ms"], "o-", label=kind)
+    for ax, label in zip(axes, ["build time (s)", "ms per query (p50)"]):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("vectors indexed (synthetic, 512-d)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle("How the indexes scale (one thread)")
+    return fig

@@ -8,7 +8,8 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
-SMALL = {"per_class": 4, "epochs": 1, "scope": "split", "latency_queries": 5, "n_examples": 3}
+SMALL = {"per_class": 4, "epochs": 1, "scope": "split", "latency_queries": 5, "n_examples": 3,
+         "datasketch_limit": 60, "scale_sizes": [500, 1000], "faiss_scale_max": 1000}
 
 
 def test_every_notebook_has_a_parameters_cell_first():
@@ -30,11 +31,13 @@ def test_notebooks_run_in_order(tmp_path, monkeypatch, catalogue_source):
                   if f"{k} =" in nbformat.read(path, as_version=4).cells[1].source}
         pm.execute_notebook(str(path), str(tmp_path / path.name), parameters=params,
                             cwd=str(path.parent), progress_bar=False, kernel_name="python3")
+    assert json.loads((artifacts / "index.json").read_text())["kind"] == "lsh"
     intent_metrics = json.loads((artifacts / "intents" / "metrics.json").read_text())
     assert 0 <= intent_metrics["bag_of_words_mlp"]["all"]["accuracy"] <= 1
     metrics = json.loads((artifacts / "metrics.json").read_text())
     assert 0 <= metrics["retrieval"]["poster_score"] <= 1
     assert metrics["classification"]["n"] == 37 * 1  # 20% of 4 per class
     expected = {"class_distribution", "sample_grid", "training_curves", "confusion_matrix", "top_losses",
-                "similar_examples", "metrics_vs_baseline", "intent_threshold_tradeoff"}
+                "similar_examples", "metrics_vs_baseline", "intent_threshold_tradeoff",
+                "index_recall_latency", "index_scaling"}
     assert expected <= {p.stem for p in figures.glob("*.png")}
