@@ -16,6 +16,9 @@ endif
 ifneq ($(wildcard $(SHARED)/nltk_data),)
 export NLTK_DATA ?= $(abspath $(SHARED)/nltk_data)
 endif
+ifneq ($(wildcard $(SHARED)/models/isnet-general-use-quint8.onnx),)
+export SHOPBOT_BG_MODEL ?= $(abspath $(SHARED)/models/isnet-general-use-quint8.onnx)
+endif
 export SHOPBOT_ARTIFACTS := $(ARTIFACTS)
 export PYTHONUNBUFFERED := 1
 

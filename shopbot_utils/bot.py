@@ -87,8 +87,8 @@ class ShopBot:
             vision = dict(model=model, info=info, index=index, products=load_products(folder))
         else:
             vision = {}
-        intents = IntentClassifier.load(folder / "intents") if has_text else None
-        return cls(**vision, intents=intents, folder=folder)
+        # The intent model loads on the first ask(): a photo search needs neither it nor NLTK's data.
+        return cls(**vision, folder=folder)
 
     def _need_vision(self) -> None:
         if self.model is None:
@@ -108,7 +108,9 @@ class ShopBot:
         up to 5 matching products.
         """
         if self.intents is None:
-            raise ArtifactError(f"no intent model in {self.folder}: run notebook 06 (or `make run`)")
+            if self.folder is None or not (self.folder / "intents").is_dir():
+                raise ArtifactError(f"no intent model in {self.folder}: run notebook 06 (or `make run`)")
+            self.intents = IntentClassifier.load(self.folder / "intents")
         reply = self.intents.reply(text)
         if reply.understood and self.products is not None:
             reply.products = self._matching_products(reply.understood)
@@ -148,11 +150,21 @@ class ShopBot:
             self._indexes[index] = build_index(index, self.index.vectors, self.index.ids)
         return self._indexes[index]
 
-    def similar(self, image: ImageInput, k: int = 5, index: str | Index | None = None) -> list[Product]:
-        """The ``k`` catalogue products most similar to ``image``, best first (``index``: see ``get_index``)."""
+    def similar(self, image: ImageInput, k: int = 5, index: str | Index | None = None,
+                remove_background: bool | str = False) -> list[Product]:
+        """The ``k`` catalogue products most similar to ``image``, best first.
+
+        ``index``: see ``get_index``. ``remove_background``: for shoppers' photos, ``True`` (the
+        ``auto`` backend) or a backend name (``isnet``, ``modnet``, ``grabcut``, ``none``): the
+        product is cut out, put on white like the catalogue and cropped before embedding.
+        """
         self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
+        if remove_background:
+            from .background import prepare_query
+
+            image = prepare_query(image, "auto" if remove_background is True else remove_background)
         ids, scores = self.get_index(index).query(self.embed(image), k)
         rows = self.products.loc[ids]
         return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName,

@@ -215,3 +215,21 @@ def index_scaling(scale: pd.DataFrame) -> matplotlib.figure.Figure:
         ax.legend()
     fig.suptitle("How the indexes scale (one thread)")
     return fig
+
+
+def background_grid(rows: Sequence[tuple], catalogue: Catalogue) -> matplotlib.figure.Figure:
+    """One row per query: the photo, the mask, the cut-out on white, then the top results.
+
+    ``rows``: ``(photo, mask array, cut-out image, true articleType, [Product, ...])``; green titles
+    share the query's article type.
+    """
+    images, titles, colors = [], [], []
+    for photo, mask, cutout, label, found in rows:
+        images += [photo, Image.fromarray((np.asarray(mask) * 255).astype(np.uint8)).convert("RGB"), cutout]
+        titles += [f"photo\n{label}", "mask", "cut-out"]
+        colors += ["black"] * 3
+        for p in found:
+            images.append(catalogue.image_path(p.id))
+            titles.append(f"{p.articleType}\n{p.score:.2f}")
+            colors.append("green" if p.articleType == label else "firebrick")
+    return _show_images(images, titles, cols=3 + max(len(r[4]) for r in rows), size=1.3, colors=colors)

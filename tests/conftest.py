@@ -15,6 +15,9 @@ SHARED_ZIP = SHARED / "data" / "fashion-product-images-small.zip"
 # NLTK reads NLTK_DATA when it is first imported: point it at ../shared before any test does.
 if (SHARED / "nltk_data").is_dir():
     os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
+SHARED_ISNET = SHARED / "models" / "isnet-general-use-quint8.onnx"
+if SHARED_ISNET.is_file():
+    os.environ.setdefault("SHOPBOT_BG_MODEL", str(SHARED_ISNET))
 
 
 @pytest.fixture(autouse=True)

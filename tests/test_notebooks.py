@@ -9,7 +9,8 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 SMALL = {"per_class": 4, "epochs": 1, "scope": "split", "latency_queries": 5, "n_examples": 3,
-         "datasketch_limit": 60, "scale_sizes": [500, 1000], "faiss_scale_max": 1000}
+         "datasketch_limit": 60, "scale_sizes": [500, 1000], "faiss_scale_max": 1000, "n_queries": 6,
+         "isnet_sizes": [320]}
 
 
 def test_every_notebook_has_a_parameters_cell_first():
@@ -39,5 +40,5 @@ def test_notebooks_run_in_order(tmp_path, monkeypatch, catalogue_source):
     assert metrics["classification"]["n"] == 37 * 1  # 20% of 4 per class
     expected = {"class_distribution", "sample_grid", "training_curves", "confusion_matrix", "top_losses",
                 "similar_examples", "metrics_vs_baseline", "intent_threshold_tradeoff",
-                "index_recall_latency", "index_scaling"}
+                "index_recall_latency", "index_scaling", "background_composites", "background_removal_examples"}
     assert expected <= {p.stem for p in figures.glob("*.png")}
