@@ -21,6 +21,8 @@ export SHOPBOT_BG_MODEL ?= $(abspath $(SHARED)/models/isnet-general-use-quint8.o
 endif
 export SHOPBOT_ARTIFACTS := $(ARTIFACTS)
 export PYTHONUNBUFFERED := 1
+# Long steps print text progress bars, which papermill --log-output shows live.
+export SHOPBOT_PROGRESS ?= text
 
 .PHONY: run test env data notebooks clean
 

@@ -16,7 +16,6 @@ composited on white, like the catalogue, and cropped to the product.
 from __future__ import annotations
 
 import io
-import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -57,13 +56,12 @@ class Backend(Protocol):
 def isnet_model_path(download: bool | None = None) -> Path:
     """``SHOPBOT_BG_MODEL``, else rembg's cache (``U2NET_HOME`` or ~/.u2net), else a download there
     when online (rembg's own URL), else a ``BackgroundModelError`` saying what to set."""
-    env = os.environ.get("SHOPBOT_BG_MODEL", "").strip()
-    if env:
-        path = Path(env).expanduser()
+    path = config.bg_model()
+    if path is not None:
         if not path.is_file():
-            raise BackgroundModelError(f"SHOPBOT_BG_MODEL={env} is not a file")
+            raise BackgroundModelError(f"SHOPBOT_BG_MODEL={path} is not a file")
         return path
-    cache = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")).expanduser() / "isnet-general-use.onnx"
+    cache = config.u2net_home() / "isnet-general-use.onnx"
     if cache.is_file():
         return cache
     download = not config.offline() if download is None else download
@@ -178,7 +176,7 @@ class ModnetBackend:
     name = "modnet"
 
     def __init__(self, model_path: str | Path | None = None, ref_size: int = 512):
-        path = model_path or os.environ.get("SHOPBOT_MODNET_MODEL", "").strip()
+        path = model_path or config.modnet_model()
         if not path or not Path(path).is_file():
             raise BackgroundModelError("MODNet needs its ONNX export (CC BY-NC-SA weights, not shipped): set "
                                        "SHOPBOT_MODNET_MODEL to modnet.onnx from ZHKKKe/MODNet's export_onnx.py")

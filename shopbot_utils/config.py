@@ -73,9 +73,39 @@ def clinc_path() -> Path | None:
     return _env_or_shared("SHOPBOT_CLINC", "nlp/clinc150/data_train_val.json")
 
 
+def bg_model() -> Path | None:
+    """``SHOPBOT_BG_MODEL``: the ISNet ONNX file, if set."""
+    return _env_path("SHOPBOT_BG_MODEL")
+
+
+def u2net_home() -> Path:
+    """Where rembg keeps its models (``U2NET_HOME``, default ``~/.u2net``): online users' ISNet."""
+    return _env_path("U2NET_HOME") or Path.home() / ".u2net"
+
+
+def modnet_model() -> Path | None:
+    """``SHOPBOT_MODNET_MODEL``: a user's MODNet ONNX export, if set."""
+    return _env_path("SHOPBOT_MODNET_MODEL")
+
+
 def offline() -> bool:
     """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}
+
+
+def text_progress() -> bool:
+    """``SHOPBOT_PROGRESS=text``: progress bars as plain text (``make run`` sets it, so that
+    papermill's log shows them live) instead of notebook widgets."""
+    return os.environ.get("SHOPBOT_PROGRESS", "") == "text"
+
+
+def progress_bar():
+    """The ``tqdm`` class for long steps (see ``text_progress``)."""
+    if text_progress():
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm
 
 
 def seed_everything(seed: int = SEED) -> None:

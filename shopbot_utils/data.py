@@ -44,7 +44,7 @@ def _find_root(folder: Path) -> Path | None:
 
 def _extract_zip(zip_path: Path, dest: Path) -> Path:
     """Extract ``zip_path`` into ``dest`` once (a marker records which zip was extracted)."""
-    from tqdm.auto import tqdm
+    tqdm = config.progress_bar()
 
     stat = zip_path.stat()
     stamp = f"{zip_path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"

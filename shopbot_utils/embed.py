@@ -10,6 +10,7 @@ import torch
 
 from . import __version__
 from .data import ImageError, ImageInput
+from .artifacts import read_meta
 from .vision import ArtifactError, ShopNet, batches, to_tensor, DEFAULT_IMAGE_SIZE
 
 EMBEDDINGS_FORMAT_VERSION = 1
@@ -73,12 +74,8 @@ def load_embeddings(folder: str | Path, model_sha256: str | None = None) -> tupl
     """Read ``(ids, vectors)``; ``ArtifactError`` if missing, damaged or made by another model."""
     folder = Path(folder)
     path, meta_path = folder / "embeddings.npz", folder / "embeddings.json"
-    if not path.is_file() or not meta_path.is_file():
-        raise ArtifactError(f"no embeddings in {folder}: run `make run` (or notebook 03) first")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != EMBEDDINGS_FORMAT_VERSION:
-        raise ArtifactError(f"{meta_path} is format v{meta.get('format_version')}, this version "
-                            f"reads v{EMBEDDINGS_FORMAT_VERSION}: rebuild with `make run`")
+    meta = read_meta(meta_path, path, None, EMBEDDINGS_FORMAT_VERSION,
+                     f"no embeddings in {folder}: run `make run` (or notebook 03) first", "rebuild with `make run`")
     if model_sha256 is not None and meta.get("model_sha256") != model_sha256:
         raise ArtifactError(f"{path} was computed with another model than {folder}/model.pth: "
                             "re-run notebook 03 (or `make run`)")

@@ -18,7 +18,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from . import __version__, config
-from .vision import ArtifactError
+from .artifacts import ArtifactError, read_meta
 
 INDEX_FORMAT = "shopbot-index"
 INDEX_FORMAT_VERSION = 1
@@ -321,16 +321,9 @@ def load_index(folder: str | Path, vectors: np.ndarray, ids: Sequence[int], name
     format version, or was built from other embeddings (rebuild it with notebook 04)."""
     folder = Path(folder)
     meta_path, arrays_path = folder / f"{name}.json", folder / f"{name}.npz"
-    if not meta_path.is_file() or not arrays_path.is_file():
-        raise IndexArtifactError(f"no saved index {name!r} in {folder}: run notebook 04 (or `make run`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IndexArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
-    if meta.get("format") != INDEX_FORMAT or meta.get("format_version") != INDEX_FORMAT_VERSION:
-        raise IndexArtifactError(f"{meta_path} has format {meta.get('format')!r} v{meta.get('format_version')}; "
-                          f"shopbot_utils {__version__} reads {INDEX_FORMAT!r} v{INDEX_FORMAT_VERSION}: rebuild it "
-                          "with notebook 04")
+    meta = read_meta(meta_path, arrays_path, INDEX_FORMAT, INDEX_FORMAT_VERSION,
+                     f"no saved index {name!r} in {folder}: run notebook 04 (or `make run`)",
+                     "rebuild it with notebook 04", error=IndexArtifactError)
     vectors, ids = l2_normalize(vectors), np.asarray(ids, dtype=np.int64)
     if meta.get("count") != len(ids) or meta.get("embeddings_sha256") != fingerprint(vectors, ids):
         raise IndexArtifactError(f"{meta_path} was built from other embeddings ({meta.get('count')} vectors) than the "

@@ -100,7 +100,7 @@ def measure(vectors: np.ndarray, ids: np.ndarray, split: pd.DataFrame, products:
     products datasketch indexes (its pure-Python build is slow): its rows then use a random
     subset of the catalogue and say so in ``n_indexed``.
     """
-    from tqdm.auto import tqdm
+    tqdm = config.progress_bar()
 
     vectors, ids = l2_normalize(vectors), np.asarray(ids, dtype=np.int64)
     pos = pd.Series(np.arange(len(ids)), index=ids)
@@ -159,7 +159,7 @@ def scale_run(sizes: Sequence[int], kinds: Sequence[str] = ("exact", "lsh", "fai
               progress: bool = True) -> pd.DataFrame:
     """Build time, p50 query time and recall@5 (vs exact) of each index kind (default settings)
     as the catalogue grows. ``max_size`` skips a kind above a size (e.g. faiss's slow big builds)."""
-    from tqdm.auto import tqdm
+    tqdm = config.progress_bar()
 
     max_size = max_size or {}
     rows = []

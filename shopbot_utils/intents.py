@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__, config
 from .config import logger
 from .text import Preprocessor, clean_text
-from .vision import ArtifactError
+from .artifacts import ArtifactError, read_meta
 
 OUT_OF_SCOPE = "out_of_scope"
 INTENT_FORMAT = "shopbot-intents"
@@ -229,16 +229,9 @@ class IntentClassifier:
         """Read what ``save`` wrote; ``ArtifactError`` if missing, damaged or from another format version."""
         folder = Path(folder)
         meta_path, weights_path = folder / "intent_model.json", folder / "intent_model.npz"
-        if not meta_path.is_file() or not weights_path.is_file():
-            raise ArtifactError(f"no intent model in {folder}: run notebook 06 (or `make run`) first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
-        if meta.get("format") != INTENT_FORMAT or meta.get("format_version") != INTENT_FORMAT_VERSION:
-            raise ArtifactError(f"{meta_path} has format {meta.get('format')!r} v{meta.get('format_version')}; "
-                                f"shopbot_utils {__version__} reads {INTENT_FORMAT!r} v{INTENT_FORMAT_VERSION}: "
-                                "retrain with notebook 06")
+        meta = read_meta(meta_path, weights_path, INTENT_FORMAT, INTENT_FORMAT_VERSION,
+                         f"no intent model in {folder}: run notebook 06 (or `make run`) first",
+                         "retrain with notebook 06")
         net = IntentNet(len(meta["features"]), len(meta["classes"]), meta["hidden"])
         try:
             with np.load(weights_path, allow_pickle=False) as arrays:

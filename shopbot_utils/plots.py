@@ -121,7 +121,7 @@ def similar_grid(queries: Sequence[Path | Image.Image], results: Sequence[Sequen
                  query_labels: Sequence[str] | None = None) -> matplotlib.figure.Figure:
     """Each query (left) beside its results; green titles share the query's article type."""
     k = max(len(r) for r in results)
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.5, len(queries) * 2.1), squeeze=False)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.2, len(queries) * 1.7), squeeze=False)
     for row, (q, found) in enumerate(zip(queries, results)):
         for ax in axes[row]:
             ax.axis("off")
@@ -232,4 +232,4 @@ def background_grid(rows: Sequence[tuple], catalogue: Catalogue) -> matplotlib.f
             images.append(catalogue.image_path(p.id))
             titles.append(f"{p.articleType}\n{p.score:.2f}")
             colors.append("green" if p.articleType == label else "firebrick")
-    return _show_images(images, titles, cols=3 + max(len(r[4]) for r in rows), size=1.3, colors=colors)
+    return _show_images(images, titles, cols=3 + max(len(r[4]) for r in rows), size=1.05, colors=colors)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import __version__, config
+from .artifacts import ArtifactError, read_meta
 from .config import logger
 from .data import ImageInput, fit_to_canvas, load_image
 
@@ -19,10 +20,6 @@ MODEL_FORMAT = "shopbot-model"
 MODEL_FORMAT_VERSION = 1
 #: Catalogue images are 60x80 (width x height); 2x keeps that 3:4 shape exactly.
 DEFAULT_IMAGE_SIZE = (160, 120)
-
-
-class ArtifactError(RuntimeError):
-    """An artifact is missing, damaged or was written by an incompatible version."""
 
 
 class Normalize(nn.Module):
@@ -184,17 +181,9 @@ def load_model(folder: str | Path) -> tuple[ShopNet, ModelInfo, str]:
     """Load what ``save_model`` wrote; a clear ``ArtifactError`` if it is missing or incompatible."""
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "model.pth"
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise ArtifactError(f"no trained model in {folder}: run `make run` (or notebook 02) first")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from None
-    if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ArtifactError(
-            f"{meta_path} has format {meta.get('format')!r} v{meta.get('format_version')} but this "
-            f"shopbot_utils {__version__} reads {MODEL_FORMAT!r} v{MODEL_FORMAT_VERSION}: rebuild it "
-            "with `make run`")
+    meta = read_meta(meta_path, weights_path, MODEL_FORMAT, MODEL_FORMAT_VERSION,
+                     f"no trained model in {folder}: run `make run` (or notebook 02) first",
+                     "rebuild it with `make run`")
     digest = meta.pop("weights_sha256", None)
     info = ModelInfo(**{k: v for k, v in meta.items() if k in ModelInfo.__dataclass_fields__})
     info.image_size = tuple(info.image_size)
@@ -219,7 +208,7 @@ def to_tensor(images: Iterable[ImageInput], size: tuple[int, int] = DEFAULT_IMAG
 
 def batches(items: Sequence, batch_size: int, desc: str | None = None) -> Iterable[Sequence]:
     """Consecutive slices of ``items``, with a progress bar when ``desc`` is given."""
-    from tqdm.auto import tqdm
+    tqdm = config.progress_bar()
 
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, mininterval=2.0):
@@ -263,6 +252,16 @@ class _FeatureDataset(torch.utils.data.Dataset):
         return x, self.labels[i]
 
 
+def _plain_fastai_progress() -> None:
+    """fastai's epoch bars as text when ``SHOPBOT_PROGRESS=text`` (see ``config.progress_bar``)."""
+    if config.text_progress():
+        from fastai.callback.progress import ProgressCallback  # noqa: F401 - the bar fastai uses
+        from fastprogress.fastprogress import force_console_behavior
+        import fastai.callback.progress as progress
+
+        progress.master_bar, progress.progress_bar = force_console_behavior()
+
+
 def _metrics():
     from fastai.metrics import F1Score, accuracy
 
@@ -284,6 +283,7 @@ def train_cached(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray
     from fastai.losses import LabelSmoothingCrossEntropyFlat
 
     config.seed_everything(seed)
+    _plain_fastai_progress()
     trainable = nn.Sequential(model.body[cut:], model.head)
     dls = DataLoaders.from_dsets(_FeatureDataset(*train, flip=True), _FeatureDataset(*valid, flip=False),
                                  bs=batch_size, num_workers=0, device=torch.device("cpu"))
@@ -313,6 +313,7 @@ def train_full(model: ShopNet, items: Sequence, labels: Sequence[str], is_valid:
     from fastai.vision.data import ImageBlock
 
     config.seed_everything(seed)
+    _plain_fastai_progress()
     frame = pd.DataFrame({"item": list(items), "label": list(labels), "is_valid": list(is_valid)})
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=classes)),
