@@ -57,8 +57,8 @@ def test_split_is_stratified_and_reproducible():
 
 
 def test_held_out_quality(trained):
-    """Thresholds a little under what was measured (Bitext 0.995 acc / 0.996 F1, patterns 0.71,
-    out-of-scope recall 0.75 with 1.1% in-scope fallback)."""
+    """Thresholds under what was measured (Bitext 0.997 acc / 0.998 F1, patterns 0.71-0.79 depending
+    on the split, out-of-scope recall 0.76-0.81 with about 1% in-scope fallback)."""
     m = trained[2]["bag_of_words_mlp"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
     assert m["patterns"]["accuracy"] >= 0.6
@@ -71,6 +71,7 @@ def test_held_out_quality(trained):
     (["I want to cancel my order", "i want to cancle my order", "I WANT TO CANCEL MY ORDER."], "cancel_order"),
     (["I forgot my password", "i forgot my pasword", "I FORGOT MY PASSWORD!"], "recover_password"),
     (["hello", "Hello!", "HELLO"], "greeting"),
+    (["how much is shipping?", "How much is shipping", "how much is shiping?"], "delivery_options"),
 ])
 def test_invariant_to_typos_case_and_punctuation(trained, variants, intent):
     clf = trained[1].classifier
