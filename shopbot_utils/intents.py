@@ -121,6 +121,19 @@ def clinc_out_of_scope(path: str | Path, per_intent_train: int = 12, per_intent_
 
 
 # --------------------------------------------------------------------------- model
+def decide(probs: np.ndarray, classes: Sequence[str], threshold: float) -> tuple[list[str], np.ndarray]:
+    """Intent and confidence per row of class probabilities: ``out_of_scope`` when that class wins,
+    the best in-scope probability is under ``threshold``, or the row is all zeros (unknown text)."""
+    probs = np.atleast_2d(probs)
+    in_scope = np.array([c != OUT_OF_SCOPE for c in classes])
+    masked = np.where(in_scope, probs, -1.0)
+    best = masked.argmax(1)
+    conf = masked[np.arange(len(probs)), best]
+    fallback = (probs.argmax(1) != best) | (conf < threshold) | (conf <= 0)
+    labels = [OUT_OF_SCOPE if f else classes[b] for f, b in zip(fallback, best)]
+    return labels, np.where(fallback, 1.0 - conf, conf)
+
+
 class IntentNet(nn.Module):
     """Bag of words -> ReLU -> ReLU -> intent logits: the poster's 3-layer network."""
 
@@ -156,42 +169,40 @@ class IntentClassifier:
         self.pre, self.features, self.classes, self.net = preprocessor, list(features), list(classes), net.eval()
         self.column = {f: i for i, f in enumerate(self.features)}
         self.responses, self.threshold, self.hidden = responses, float(threshold), tuple(hidden)
-        self.in_scope = np.array([c != OUT_OF_SCOPE for c in self.classes])
         self._rng = random.Random(seed)
 
     # ---------------------------------------------------------------- features and probabilities
+    def analyse(self, text: str) -> tuple[list[str], bool]:
+        """A message's features and whether it is in English (see ``Preprocessor.language``)."""
+        return self.pre(text), self.pre.language(text) == "english"
+
     def bag_of_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Binary bag-of-words rows (N, n_features) over the training vocabulary, and each text's
         coverage: the share of its features in that vocabulary (0 for a text with none, or not in English)."""
-        out = np.zeros((len(texts), len(self.features)), np.float32)
-        coverage = np.zeros(len(texts))
-        for row, text in enumerate(texts):
-            tokens = self.pre(text)
+        return self._encode([self.analyse(t) for t in texts])
+
+    def _encode(self, analysed: Sequence[tuple[list[str], bool]]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(analysed), len(self.features)), np.float32)
+        coverage = np.zeros(len(analysed))
+        for row, (tokens, english) in enumerate(analysed):
             cols = [self.column[t] for t in tokens if t in self.column]
             out[row, cols] = 1.0
-            english = self.pre.language(text) == "english"
             coverage[row] = len(cols) / len(tokens) if tokens and english else 0.0
         return out, coverage
 
-    @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities (N, n_classes); a text under ``MIN_COVERAGE`` gets all zeros (unknown)."""
-        x, coverage = self.bag_of_words(texts)
+        return self._proba(*self.bag_of_words(texts))
+
+    @torch.inference_mode()
+    def _proba(self, x: np.ndarray, coverage: np.ndarray) -> np.ndarray:
         probs = self.net(torch.from_numpy(x)).softmax(1).numpy()
         probs[coverage < MIN_COVERAGE] = 0.0
         return probs
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> tuple[list[str], np.ndarray]:
-        """Intent and confidence per row: ``out_of_scope`` when that class wins, the best in-scope
-        probability is under the threshold, or the text was mostly unknown words (all-zero row)."""
-        threshold = self.threshold if threshold is None else threshold
-        probs = np.atleast_2d(probs)
-        masked = np.where(self.in_scope, probs, -1.0)
-        best = masked.argmax(1)
-        conf = masked[np.arange(len(probs)), best]
-        fallback = (probs.argmax(1) != best) | (conf < threshold) | (conf <= 0)
-        labels = [OUT_OF_SCOPE if f else self.classes[b] for f, b in zip(fallback, best)]
-        return labels, np.where(fallback, 1.0 - conf, conf)
+        """``decide`` with this classifier's classes and (by default) its calibrated threshold."""
+        return decide(probs, self.classes, self.threshold if threshold is None else threshold)
 
     def predict(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """Intents (with the fallback) and confidences for a list of messages."""
@@ -200,12 +211,13 @@ class IntentClassifier:
     def reply(self, text: object) -> Reply:
         """Classify one message and pick a response (seeded); never raises on odd text."""
         text = clean_text(text)
-        if not self.pre(text):
+        tokens, english = self.analyse(text)
+        if not tokens:
             # Nothing left after preprocessing: empty, emoji-only, digits, another alphabet...
             return Reply(OUT_OF_SCOPE, 1.0, EMPTY_REPLY if not text else FALLBACK_REPLY)
-        if self.pre.language(text) != "english":
+        if not english:
             return Reply(OUT_OF_SCOPE, 1.0, NOT_ENGLISH_REPLY)
-        (intent,), (conf,) = self.predict([text])
+        (intent,), (conf,) = self.decide(self._proba(*self._encode([(tokens, english)])))
         if intent == OUT_OF_SCOPE:
             return Reply(intent, float(conf), FALLBACK_REPLY)
         understood = understand_product(text) if intent == "product_search" else {}
@@ -376,23 +388,17 @@ def tfidf_baseline(examples: pd.DataFrame, out_of_scope: pd.DataFrame, max_fallb
         LogisticRegression(C=10, max_iter=2000, class_weight="balanced", random_state=seed))
     model.fit(part["train"]["text"], part["train"]["tag"])
     classes = list(model.classes_)
-    in_scope = np.array([c != OUT_OF_SCOPE for c in classes])
-
-    def decide(p: np.ndarray, t: float) -> list[str]:
-        masked = np.where(in_scope, p, -1.0)
-        best = masked.argmax(1)
-        fallback = (p.argmax(1) != best) | (masked.max(1) < t)
-        return [OUT_OF_SCOPE if f else classes[b] for f, b in zip(fallback, best)]
+    labels = lambda p, t: decide(p, classes, t)[0]  # noqa: E731
 
     valid_in = part["valid"][part["valid"]["tag"] != OUT_OF_SCOPE]
     valid_probs = [model.predict_proba(g["text"]) for _, g in valid_in.groupby("source")]
-    worst = lambda t: max(np.mean([p == OUT_OF_SCOPE for p in decide(v, t)]) for v in valid_probs)  # noqa: E731
+    worst = lambda t: max(np.mean([p == OUT_OF_SCOPE for p in labels(v, t)]) for v in valid_probs)  # noqa: E731
     ok = [t for t in np.round(np.linspace(0, 0.99, 100), 2) if worst(t) <= max_fallback]
     threshold = float(max(ok)) if ok else 0.0
     test_in = part["test"][part["test"]["tag"] != OUT_OF_SCOPE]
     test_out = part["test"][part["test"]["tag"] == OUT_OF_SCOPE]
-    return _report(test_in, decide(model.predict_proba(test_in["text"]), threshold),
-                   decide(model.predict_proba(test_out["text"]), threshold) if len(test_out) else [], threshold)
+    return _report(test_in, labels(model.predict_proba(test_in["text"]), threshold),
+                   labels(model.predict_proba(test_out["text"]), threshold) if len(test_out) else [], threshold)
 
 
 def ask_latency(clf: IntentClassifier, texts: Sequence[str]) -> dict:
