@@ -415,11 +415,9 @@ def retrieval_gain(bot, split: pd.DataFrame, composites: list[Composite], cutout
     test-split products, searched in an index of train+valid."""
     from .embed import embed_images
     from .evaluate import retrieval_metrics
-    from .index import ExactIndex
+    from .pipeline import split_gallery
 
-    pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
-    gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
-    gallery = ExactIndex(bot.index.vectors[pos.loc[gallery_ids].to_numpy()], gallery_ids)
+    gallery = split_gallery(bot, split)
     ids = [c.product_id for c in composites]
     queries = {"clean catalogue photo": [catalogue.image_path(i) for i in ids]}
     queries |= {f"pasted, {name}": [cut.on_white(crop=True) for cut in cuts] for name, cuts in cutouts.items()}

@@ -10,7 +10,7 @@ import pandas as pd
 from . import config
 from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
-from .index import DEFAULT_INDEX, ExactIndex, Index, build_index, load_index
+from .index import ExactIndex, Index, build_index, load_index
 from .intents import IntentClassifier, Reply
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
@@ -45,6 +45,12 @@ def load_products(folder: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: run `make run` (or notebook 03) first")
     return read_id_csv(path).set_index("id", drop=False).rename_axis(None)
+
+
+def _products(rows: pd.DataFrame, scores) -> list[Product]:
+    """``Product``s from rows of ``products.csv`` with their scores."""
+    return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName, float(s))
+            for r, s in zip(rows.itertuples(index=False), scores)]
 
 
 class ShopBot:
@@ -123,8 +129,7 @@ class ShopBot:
                 rows = rows[rows[column].isin(understood[column])]
         if "gender" in understood:  # products.csv has no gender column; the names say it
             rows = rows[rows["productDisplayName"].str.contains(rf"\b{understood['gender']}\b", na=False)]
-        return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName, 1.0)
-                for r in rows.head(k).itertuples(index=False)]
+        return _products(rows.head(k), np.ones(min(k, len(rows))))
 
     def classify(self, image: ImageInput, top: int | None = None) -> list[tuple[str, float]]:
         """``[(articleType, probability), ...]`` best first (all classes, or the ``top`` best)."""
@@ -166,6 +171,4 @@ class ShopBot:
 
             image = prepare_query(image, "auto" if remove_background is True else remove_background)
         ids, scores = self.get_index(index).query(self.embed(image), k)
-        rows = self.products.loc[ids]
-        return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName,
-                        float(s)) for r, s in zip(rows.itertuples(index=False), scores)]
+        return _products(self.products.loc[ids], scores)

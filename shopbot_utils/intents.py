@@ -174,7 +174,8 @@ class IntentClassifier:
     # ---------------------------------------------------------------- features and probabilities
     def analyse(self, text: str) -> tuple[list[str], bool]:
         """A message's features and whether it is in English (see ``Preprocessor.language``)."""
-        return self.pre(text), self.pre.language(text) == "english"
+        features, language = self.pre.analyse(text)
+        return features, language == "english"
 
     def bag_of_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Binary bag-of-words rows (N, n_features) over the training vocabulary, and each text's

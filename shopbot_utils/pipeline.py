@@ -111,22 +111,27 @@ def embed_catalogue(artifacts: str | Path, catalogue: Catalogue, scope: str = "c
 
 
 def index_catalogue(artifacts: str | Path, kind: str = DEFAULT_INDEX, **params) -> Index:
-    """Build the search index over the saved embeddings and save it as the bot's index."""
-    _, info, digest = load_model(artifacts)
-    ids, vectors = load_embeddings(artifacts, model_sha256=digest)
+    """Build the search index over the saved embeddings and save it as the bot's index
+    (``ShopBot.load`` checks that those embeddings belong to the saved model)."""
+    ids, vectors = load_embeddings(artifacts)
     index = build_index(kind, vectors, ids, **params)
     save_index(index, artifacts)
     return index
+
+
+def split_gallery(bot: ShopBot, split: pd.DataFrame) -> ExactIndex:
+    """The poster's protocol's index: the bot's embeddings of the train+valid products only."""
+    pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
+    gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
+    return ExactIndex(bot.index.vectors[pos.loc[gallery_ids].to_numpy()], gallery_ids)
 
 
 def split_retrieval_metrics(bot: ShopBot, split: pd.DataFrame, k: int = 5) -> dict:
     """The poster's protocol: test-split embeddings query an index of the train+valid ones."""
     pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
     test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
-    gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
-    gallery = ExactIndex(bot.index.vectors[pos.loc[gallery_ids].to_numpy()], gallery_ids)
     queries = bot.index.vectors[pos.loc[test_ids].to_numpy()]
-    return retrieval_metrics(gallery, queries, test_ids, split.set_index("id"), k=k)
+    return retrieval_metrics(split_gallery(bot, split), queries, test_ids, split.set_index("id"), k=k)
 
 
 def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,

@@ -187,7 +187,9 @@ class Preprocessor:
 
     def language(self, text: str) -> str:
         """``'english'``, or the language with at least 2 stop words in ``text``, more than English has."""
-        tokens = self.tokenize(self.normalize(text))
+        return self._language(self.tokenize(self.normalize(text)))
+
+    def _language(self, tokens: Sequence[str]) -> str:
         english = sum(t in self._english_stop for t in tokens)
         scores = {lang: sum(t in words for t in tokens) for lang, words in self._foreign_stop.items()}
         best = max(scores, key=scores.get)
@@ -200,7 +202,15 @@ class Preprocessor:
 
     def __call__(self, text: str) -> list[str]:
         """The features of a message: all the steps."""
-        return self.dedupe(self.stem(self.synonyms(self.lemmatize(self.correct(self.surface(text))))))
+        return self._features(self.surface(text))
+
+    def analyse(self, text: str) -> tuple[list[str], str]:
+        """The features and the language of a message, normalising and tokenising it once."""
+        tokens = self.tokenize(self.normalize(text))
+        return self._features(self.remove_stopwords(tokens)), self._language(tokens)
+
+    def _features(self, surface: Sequence[str]) -> list[str]:
+        return self.dedupe(self.stem(self.synonyms(self.lemmatize(self.correct(surface)))))
 
 
 def clean_text(text: object) -> str:

@@ -255,7 +255,6 @@ class _FeatureDataset(torch.utils.data.Dataset):
 def _plain_fastai_progress() -> None:
     """fastai's epoch bars as text when ``SHOPBOT_PROGRESS=text`` (see ``config.progress_bar``)."""
     if config.text_progress():
-        from fastai.callback.progress import ProgressCallback  # noqa: F401 - the bar fastai uses
         from fastprogress.fastprogress import force_console_behavior
         import fastai.callback.progress as progress
 
