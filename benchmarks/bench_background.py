@@ -1,6 +1,6 @@
 """Benchmark background removal on pasted-background queries (known masks).
 
-    python benchmarks/bench_background.py [--artifacts artifacts] [--queries 150] [--sizes 320,512,1024]
+    python benchmarks/bench_background.py [--artifacts artifacts] [--queries 300] [--sizes 512,768,1024]
 
 For each backend: mask IoU, seconds per image (p50/p95), and the poster's score / precision@5 of
 similar() on those queries, next to clean catalogue queries. Prints a table, writes JSON (default
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", type=Path, default=config.artifacts_dir())
     p.add_argument("--data", default=None, help="the catalogue (default: SHOPBOT_DATA, cache, download)")
-    p.add_argument("--queries", type=int, default=150)
-    p.add_argument("--sizes", default="320,512,1024", help="ISNet working sizes")
+    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--sizes", default="512,768,1024", help="ISNet working sizes")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     out = args.out or args.artifacts / "benchmarks" / "background.json"
