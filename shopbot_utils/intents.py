@@ -1,4 +1,5 @@
-"""The text side: intents file, bag of words, a 3-layer network, and an out-of-scope fallback.
+"""The text side: intents file, bag of words (+ sentence embeddings), a 3-layer network, and an
+out-of-scope fallback.
 
 ``train_intents`` fits an ``IntentClassifier`` on ``data/intents.json`` (plus the Bitext utterances
 and CLINC150's out-of-domain questions when they are available), calibrates the fallback threshold
@@ -22,6 +23,7 @@ from . import __version__, config
 from .config import logger
 from .text import Preprocessor, clean_text
 from .artifacts import ArtifactError, read_meta
+from .sentence import SentenceEncoder
 
 OUT_OF_SCOPE = "out_of_scope"
 INTENT_FORMAT = "shopbot-intents"
@@ -135,7 +137,7 @@ def decide(probs: np.ndarray, classes: Sequence[str], threshold: float) -> tuple
 
 
 class IntentNet(nn.Module):
-    """Bag of words -> ReLU -> ReLU -> intent logits: the poster's 3-layer network."""
+    """Bag of words (+ sentence embedding) -> ReLU -> ReLU -> intent logits: the poster's 3-layer network."""
 
     def __init__(self, n_features: int, n_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.4):
         super().__init__()
@@ -162,14 +164,22 @@ class Reply:
 
 
 class IntentClassifier:
-    """Preprocessing + bag of words + ``IntentNet`` + the calibrated fallback threshold."""
+    """Preprocessing + bag of words (+ a sentence embedding when ``sentence_encoder`` is set, see
+    ``shopbot_utils.sentence``) + ``IntentNet`` + the calibrated fallback threshold."""
 
     def __init__(self, preprocessor: Preprocessor, features: list[str], classes: list[str], net: IntentNet,
-                 responses: dict[str, list[str]], threshold: float = 0.5, hidden=(256, 128), seed: int = config.SEED):
+                 responses: dict[str, list[str]], threshold: float = 0.5, hidden=(256, 128), seed: int = config.SEED,
+                 sentence_encoder: str | None = None):
         self.pre, self.features, self.classes, self.net = preprocessor, list(features), list(classes), net.eval()
         self.column = {f: i for i, f in enumerate(self.features)}
         self.responses, self.threshold, self.hidden = responses, float(threshold), tuple(hidden)
+        self.encoder = SentenceEncoder(sentence_encoder) if sentence_encoder else None
         self._rng = random.Random(seed)
+
+    @property
+    def n_inputs(self) -> int:
+        """The network's input size: bag-of-words features (+ the sentence embedding's size)."""
+        return len(self.features) + (self.encoder.dim if self.encoder else 0)
 
     # ---------------------------------------------------------------- features and probabilities
     def analyse(self, text: str) -> tuple[list[str], bool]:
@@ -191,9 +201,19 @@ class IntentClassifier:
             coverage[row] = len(cols) / len(tokens) if tokens and english else 0.0
         return out, coverage
 
+    def inputs(self, texts: Sequence[str], analysed: Sequence[tuple[list[str], bool]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The network's input rows (bag of words, then the sentence embedding if any) and each text's
+        coverage (see ``bag_of_words``); ``analysed`` saves preprocessing the texts again."""
+        texts = list(texts)
+        x, coverage = self._encode(analysed if analysed is not None else [self.analyse(t) for t in texts])
+        if self.encoder is not None:  # it reads the text spelling-corrected, like the bag of words
+            x = np.hstack([x, self.encoder([self.pre.corrected(t) for t in texts])])
+        return x, coverage
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities (N, n_classes); a text under ``MIN_COVERAGE`` gets all zeros (unknown)."""
-        return self._proba(*self.bag_of_words(texts))
+        return self._proba(*self.inputs(texts))
 
     @torch.inference_mode()
     def _proba(self, x: np.ndarray, coverage: np.ndarray) -> np.ndarray:
@@ -218,7 +238,7 @@ class IntentClassifier:
             return Reply(OUT_OF_SCOPE, 1.0, EMPTY_REPLY if not text else FALLBACK_REPLY)
         if not english:
             return Reply(OUT_OF_SCOPE, 1.0, NOT_ENGLISH_REPLY)
-        (intent,), (conf,) = self.decide(self._proba(*self._encode([(tokens, english)])))
+        (intent,), (conf,) = self.decide(self._proba(*self.inputs([text], [(tokens, english)])))
         if intent == OUT_OF_SCOPE:
             return Reply(intent, float(conf), FALLBACK_REPLY)
         understood = understand_product(text) if intent == "product_search" else {}
@@ -232,7 +252,8 @@ class IntentClassifier:
         np.savez(folder / "intent_model.npz", **{k: v.numpy() for k, v in self.net.state_dict().items()})
         meta = {"format": INTENT_FORMAT, "format_version": INTENT_FORMAT_VERSION, "package_version": __version__,
                 "classes": self.classes, "features": self.features, "vocabulary": self.pre.counts,
-                "threshold": self.threshold, "hidden": list(self.hidden), "responses": self.responses}
+                "threshold": self.threshold, "hidden": list(self.hidden), "responses": self.responses,
+                "sentence_encoder": self.encoder.name if self.encoder else None}
         path = folder / "intent_model.json"
         path.write_text(json.dumps(meta, indent=1))
         return path
@@ -245,14 +266,16 @@ class IntentClassifier:
         meta = read_meta(meta_path, weights_path, INTENT_FORMAT, INTENT_FORMAT_VERSION,
                          f"no intent model in {folder}: run notebook 06 (or `make run`) first",
                          "retrain with notebook 06")
-        net = IntentNet(len(meta["features"]), len(meta["classes"]), meta["hidden"])
+        encoder = meta.get("sentence_encoder")  # absent in models saved before sentence embeddings
+        n_inputs = len(meta["features"]) + (SentenceEncoder(encoder).dim if encoder else 0)
+        net = IntentNet(n_inputs, len(meta["classes"]), meta["hidden"])
         try:
             with np.load(weights_path, allow_pickle=False) as arrays:
                 net.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
         except Exception as exc:  # noqa: BLE001 - damaged or mismatched weights: say which file
             raise ArtifactError(f"{weights_path} does not match {meta_path}: {exc}") from None
         return cls(Preprocessor(meta["vocabulary"], meta["features"]), meta["features"], meta["classes"], net,
-                   meta["responses"], meta["threshold"], meta["hidden"])
+                   meta["responses"], meta["threshold"], meta["hidden"], sentence_encoder=encoder)
 
 
 # --------------------------------------------------------------------------- training
@@ -321,8 +344,9 @@ class IntentTraining:
 
 def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, clinc: str | Path | None = None,
                   hidden=(256, 128), epochs: int = 40, lr: float = 1e-3, max_fallback: float = 0.05,
-                  seed: int = config.SEED) -> IntentTraining:
-    """Preprocess, build the bag of words, train the network, calibrate the fallback threshold."""
+                  sentence_encoder: str | None = "minilm", seed: int = config.SEED) -> IntentTraining:
+    """Preprocess, build the bag of words (+ sentence embeddings unless ``sentence_encoder`` is None:
+    then it is the poster's bag of words alone), train the network, calibrate the fallback threshold."""
     examples = split_examples(intent_examples(intents, bitext), seed=seed)
     oos = clinc_out_of_scope(clinc, seed=seed) if clinc is not None else \
         pd.DataFrame(columns=["text", "tag", "source", "split", "clinc_intent"])
@@ -339,9 +363,10 @@ def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, cl
     label = {c: i for i, c in enumerate(classes)}
     logger.info("intent training: %d examples (%d after de-duplication), %d features, %d classes",
                 len(tokens), len(train), len(features), len(classes))
-    clf = IntentClassifier(pre, features, classes, IntentNet(len(features), len(classes), hidden),
-                           {t: item["responses"] for t, item in intents.items()}, hidden=hidden, seed=seed)
-    x, _ = clf.bag_of_words(train["text"].tolist())
+    clf = IntentClassifier(pre, features, classes, IntentNet(1, len(classes), hidden),  # fitted below
+                           {t: item["responses"] for t, item in intents.items()}, hidden=hidden, seed=seed,
+                           sentence_encoder=sentence_encoder)
+    x, _ = clf.inputs(train["text"].tolist())
     clf.net = fit_net(x, train["tag"].map(label).to_numpy(), len(classes), hidden, epochs, lr, seed=seed)
     valid_in = examples[examples["split"] == "valid"]
     valid_out = oos.loc[oos["split"] == "valid", "text"].tolist()
@@ -411,15 +436,22 @@ def ask_latency(clf: IntentClassifier, texts: Sequence[str]) -> dict:
 
 def build_intents(artifacts: str | Path, intents_path: str | Path | None = None, bitext: str | Path | None = None,
                   clinc: str | Path | None = None, epochs: int = 40, max_fallback: float = 0.05,
-                  baseline: bool = True, seed: int = config.SEED) -> tuple[IntentTraining, dict]:
-    """Train, calibrate and evaluate the intent classifier (and the TF-IDF baseline on the same
-    splits); save it to ``artifacts/intents/`` with ``metrics.json`` and the threshold trade-off."""
-    training = train_intents(load_intents(intents_path), bitext, clinc, epochs=epochs,
-                             max_fallback=max_fallback, seed=seed)
-    metrics = {"bag_of_words_mlp": evaluate_intents(training.classifier, training.examples, training.out_of_scope),
+                  sentence_encoder: str | None = "minilm", baseline: bool = True,
+                  seed: int = config.SEED) -> tuple[IntentTraining, dict]:
+    """Train, calibrate and evaluate the intent classifier; save it to ``artifacts/intents/`` with
+    ``metrics.json`` and the threshold trade-off. With ``baseline``, the same splits also train the
+    TF-IDF baseline and, when the model uses sentence embeddings, the poster's bag of words alone."""
+    intents = load_intents(intents_path)
+    training = train_intents(intents, bitext, clinc, epochs=epochs, max_fallback=max_fallback,
+                             sentence_encoder=sentence_encoder, seed=seed)
+    metrics = {"shopbot": evaluate_intents(training.classifier, training.examples, training.out_of_scope),
                "data": {"bitext": str(bitext) if bitext else None, "clinc150": str(clinc) if clinc else None,
                         "examples": training.examples.groupby(["source", "split"]).size().unstack().to_dict(),
-                        "features": len(training.classifier.features)}}
+                        "features": len(training.classifier.features), "sentence_encoder": sentence_encoder}}
+    if baseline and sentence_encoder:
+        words = train_intents(intents, bitext, clinc, epochs=epochs, max_fallback=max_fallback,
+                              sentence_encoder=None, seed=seed)
+        metrics["bag_of_words_only"] = evaluate_intents(words.classifier, words.examples, words.out_of_scope)
     if baseline:
         metrics["tfidf_logreg"] = tfidf_baseline(training.examples, training.out_of_scope, max_fallback, seed)
     test = training.examples.loc[training.examples["split"] == "test", "text"]

@@ -70,6 +70,10 @@ def ensure_nltk_data(download: bool | None = None) -> None:
             "or set NLTK_DATA to a folder that has them (this project's tests use ../shared/nltk_data).")
 
 
+#: Training words seen at most this often are spelling-corrected too (see ``Preprocessor.correct``).
+RARE = 2
+
+
 def max_edits(word: str) -> int:
     """How many edits spelling correction may make: none for short words, 1 up to 5 letters, else 2."""
     return 0 if len(word) < 4 else 1 if len(word) <= 5 else 2
@@ -99,7 +103,6 @@ class Preprocessor:
         counts = Counter(vocabulary) if not isinstance(vocabulary, Mapping) else Counter(dict(vocabulary))
         self.counts = dict(sorted(counts.items()))
         self.vocabulary = list(self.counts)
-        self._known = frozenset(self.vocabulary)
         self.features = frozenset(features)
         self._correct_word.cache_clear()
         self._synonym.cache_clear()
@@ -130,18 +133,26 @@ class Preprocessor:
 
     @lru_cache(maxsize=65536)
     def _correct_word(self, word: str) -> str:
-        # Known words and dictionary words are left alone. An inflection WordNet accepts ("delivered",
-        # but also "shiping" as ship+ing) only gets a 1-edit correction; other non-words get max_edits.
-        if word in self._known or word in self.english or not self.vocabulary:
+        # Dictionary words and words the training text uses often are left alone. A word seen only
+        # RARE times in training may itself be a typo there (Bitext has "pasword" once, "password"
+        # 37 times): unless WordNet knows it, it is corrected to a word seen 10 times as often. An
+        # unseen inflection WordNet accepts ("delivered", but also "shiping" as ship+ing) only gets
+        # a 1-edit correction.
+        count = self.counts.get(word, 0)
+        if word in self.english or count > RARE or not self.vocabulary:
             return word
-        edits = min(max_edits(word), 1) if self.is_english(word) else max_edits(word)
+        english = self.is_english(word)
+        if count and english:  # a rare but real word ("cars", "feet") is not a typo of a common one
+            return word
+        edits = min(max_edits(word), 1) if english else max_edits(word)
         if edits == 0:
             return word
         from rapidfuzz import process
         from rapidfuzz.distance import OSA
 
         # Optimal string alignment: a swap of two letters ("cancle") is one edit, as people type.
-        found = process.extract(word, self.vocabulary, scorer=OSA.distance, score_cutoff=edits, limit=None)
+        found = [m for m in process.extract(word, self.vocabulary, scorer=OSA.distance, score_cutoff=edits, limit=None)
+                 if self.counts[m[0]] >= max(1, 10 * count)]
         return min(found, key=lambda m: (m[1], -self.counts[m[0]]))[0] if found else word
 
     def is_english(self, word: str) -> bool:
@@ -203,6 +214,11 @@ class Preprocessor:
     def __call__(self, text: str) -> list[str]:
         """The features of a message: all the steps."""
         return self._features(self.surface(text))
+
+    def corrected(self, text: str) -> str:
+        """The message normalised with its misspelt words corrected and its stop words kept: what a
+        sentence encoder reads ("wher is my ordr" -> "where is my order")."""
+        return " ".join(self.correct(self.tokenize(self.normalize(text))))
 
     def analyse(self, text: str) -> tuple[list[str], str]:
         """The features and the language of a message, normalising and tokenising it once."""

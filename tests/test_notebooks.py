@@ -34,7 +34,7 @@ def test_notebooks_run_in_order(tmp_path, monkeypatch, catalogue_source):
                             cwd=str(path.parent), progress_bar=False, kernel_name="python3")
     assert json.loads((artifacts / "index.json").read_text())["kind"] == "lsh"
     intent_metrics = json.loads((artifacts / "intents" / "metrics.json").read_text())
-    assert 0 <= intent_metrics["bag_of_words_mlp"]["all"]["accuracy"] <= 1
+    assert 0 <= intent_metrics["shopbot"]["all"]["accuracy"] <= 1
     metrics = json.loads((artifacts / "metrics.json").read_text())
     assert 0 <= metrics["retrieval"]["poster_score"] <= 1
     assert metrics["classification"]["n"] == 37 * 1  # 20% of 4 per class
