@@ -40,6 +40,7 @@ _CONTRACTIONS = {"n't": "not", "ca": "can", "wo": "will", "'m": "am", "'re": "ar
 OTHER_LANGUAGES = ("catalan", "danish", "dutch", "finnish", "french", "german", "hungarian", "indonesian",
                    "italian", "norwegian", "portuguese", "romanian", "slovene", "spanish", "swedish", "turkish")
 _URL = re.compile(r"(https?://\S+|www\.\S+|\S+@\S+\.\S+)")
+_WORD = re.compile(r"[A-Za-z]+")
 _NOT_LETTERS = re.compile(r"[^a-z' ]+")
 
 
@@ -216,9 +217,14 @@ class Preprocessor:
         return self._features(self.surface(text))
 
     def corrected(self, text: str) -> str:
-        """The message normalised with its misspelt words corrected and its stop words kept: what a
-        sentence encoder reads ("wher is my ordr" -> "where is my order")."""
-        return " ".join(self.correct(self.tokenize(self.normalize(text))))
+        """The message as typed, its misspelt words replaced by their corrections: what a sentence
+        encoder reads ("Wher is my ORDR?" -> "where is my order?"; case and punctuation kept otherwise)."""
+        def fix(match: re.Match) -> str:
+            word = match.group(0)
+            correction = self._correct_word(word.lower())
+            return word if correction == word.lower() else correction
+
+        return _WORD.sub(fix, text[:MAX_CHARS])
 
     def analyse(self, text: str) -> tuple[list[str], str]:
         """The features and the language of a message, normalising and tokenising it once."""

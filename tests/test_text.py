@@ -33,6 +33,17 @@ def test_spelling_correction_only_touches_non_words(pre):
     assert max_edits("abc") == 0 and max_edits("abcde") == 1 and max_edits("abcdefgh") == 2
 
 
+def test_rare_training_typos_are_corrected_but_rare_real_words_are_not():
+    pre = Preprocessor(vocabulary={"password": 37, "pasword": 1, "card": 40, "cars": 1, "order": 5, "ordr": 2})
+    assert pre.correct(["pasword", "cars"]) == ["password", "cars"]  # "cars" is English, if rare
+    assert pre.correct(["ordr"]) == ["ordr"]  # "order" is not 10 times as common: the data decides
+
+
+def test_corrected_keeps_the_message_as_typed_except_typos(pre):
+    assert pre.corrected("Wher is my ORDR?? I can't cancle it") == "where is my order?? I can't cancel it"
+    assert pre.corrected("") == "" and len(pre.corrected("a" * 100_000)) == MAX_CHARS
+
+
 def test_lemmatize_stem_and_dedupe(pre):
     assert pre.lemmatize(["orders", "delivered", "shoes"]) == ["order", "deliver", "shoe"]
     assert pre.stem(["delivery", "deliver"]) == ["deliveri", "deliv"] or len(set(pre.stem(["payment", "payments"]))) == 1
