@@ -167,10 +167,12 @@ class IntentClassifier:
     """Preprocessing + bag of words (+ a sentence embedding when ``sentence_encoder`` is set, see
     ``shopbot_utils.sentence``) + ``IntentNet`` + the calibrated fallback threshold."""
 
-    def __init__(self, preprocessor: Preprocessor, features: list[str], classes: list[str], net: IntentNet,
+    def __init__(self, preprocessor: Preprocessor, features: list[str], classes: list[str], net: IntentNet | None,
                  responses: dict[str, list[str]], threshold: float = 0.5, hidden=(256, 128), seed: int = config.SEED,
                  sentence_encoder: str | None = None):
-        self.pre, self.features, self.classes, self.net = preprocessor, list(features), list(classes), net.eval()
+        """``net`` may be None until it is trained or loaded (its input size is ``n_inputs``)."""
+        self.pre, self.features, self.classes = preprocessor, list(features), list(classes)
+        self.net = net.eval() if net is not None else None
         self.column = {f: i for i, f in enumerate(self.features)}
         self.responses, self.threshold, self.hidden = responses, float(threshold), tuple(hidden)
         self.encoder = SentenceEncoder(sentence_encoder) if sentence_encoder else None
@@ -266,16 +268,17 @@ class IntentClassifier:
         meta = read_meta(meta_path, weights_path, INTENT_FORMAT, INTENT_FORMAT_VERSION,
                          f"no intent model in {folder}: run notebook 06 (or `make run`) first",
                          "retrain with notebook 06")
-        encoder = meta.get("sentence_encoder")  # absent in models saved before sentence embeddings
-        n_inputs = len(meta["features"]) + (SentenceEncoder(encoder).dim if encoder else 0)
-        net = IntentNet(n_inputs, len(meta["classes"]), meta["hidden"])
+        clf = cls(Preprocessor(meta["vocabulary"], meta["features"]), meta["features"], meta["classes"], None,
+                  meta["responses"], meta["threshold"], meta["hidden"],
+                  sentence_encoder=meta.get("sentence_encoder"))  # absent before sentence embeddings: None
+        net = IntentNet(clf.n_inputs, len(meta["classes"]), meta["hidden"])
         try:
             with np.load(weights_path, allow_pickle=False) as arrays:
                 net.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
         except Exception as exc:  # noqa: BLE001 - damaged or mismatched weights: say which file
             raise ArtifactError(f"{weights_path} does not match {meta_path}: {exc}") from None
-        return cls(Preprocessor(meta["vocabulary"], meta["features"]), meta["features"], meta["classes"], net,
-                   meta["responses"], meta["threshold"], meta["hidden"], sentence_encoder=encoder)
+        clf.net = net.eval()
+        return clf
 
 
 # --------------------------------------------------------------------------- training
@@ -363,8 +366,8 @@ def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, cl
     label = {c: i for i, c in enumerate(classes)}
     logger.info("intent training: %d examples (%d after de-duplication), %d features, %d classes",
                 len(tokens), len(train), len(features), len(classes))
-    clf = IntentClassifier(pre, features, classes, IntentNet(1, len(classes), hidden),  # fitted below
-                           {t: item["responses"] for t, item in intents.items()}, hidden=hidden, seed=seed,
+    clf = IntentClassifier(pre, features, classes, None, {t: item["responses"] for t, item in intents.items()},
+                           hidden=hidden, seed=seed,
                            sentence_encoder=sentence_encoder)
     x, _ = clf.inputs(train["text"].tolist())
     clf.net = fit_net(x, train["tag"].map(label).to_numpy(), len(classes), hidden, epochs, lr, seed=seed)

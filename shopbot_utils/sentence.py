@@ -57,6 +57,8 @@ class SentenceEncoder:
         import torch
 
         texts = list(texts)
+        if not texts:  # nothing to encode: no need to load the model
+            return np.zeros((0, self.dim), np.float32)
         model = _model(self.name)
         # sentence-transformers' own pipeline for this model (transformer, mean pooling over the
         # tokens, unit length), called directly: encode() adds about 1 ms per message around it.
