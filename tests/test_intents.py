@@ -57,12 +57,12 @@ def test_split_is_stratified_and_reproducible():
 
 
 def test_held_out_quality(trained):
-    """Thresholds under what was measured with sentence embeddings (Bitext 0.996 acc / 0.997 F1,
-    patterns 0.876 / 0.881 here and 0.826-0.876 over four split seeds, out-of-scope recall 0.95 with
-    0.7% in-scope fallback; the bag of words alone: patterns 0.76-0.79, out-of-scope recall 0.74-0.81)."""
+    """Thresholds under what was measured with sentence embeddings (Bitext 0.997 acc, patterns
+    0.874 / 0.892 here and 0.869-0.897 acc over four split seeds, out-of-scope recall 0.89-0.95 with
+    0.4-1.3% in-scope fallback; the bag of words alone: patterns 0.76-0.79, out-of-scope recall 0.74-0.81)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
-    assert m["patterns"]["accuracy"] >= 0.82 and m["patterns"]["macro_f1"] >= 0.82
+    assert m["patterns"]["accuracy"] >= 0.85 and m["patterns"]["macro_f1"] >= 0.85
     assert m["oos_recall"] >= 0.85
     assert m["in_scope_fallback"] <= 0.05
 
