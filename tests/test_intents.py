@@ -59,7 +59,7 @@ def test_split_is_stratified_and_reproducible():
 def test_held_out_quality(trained):
     """Thresholds under what was measured with sentence embeddings (Bitext 0.997 acc, patterns
     0.874 / 0.892 here and 0.869-0.897 acc over four split seeds, out-of-scope recall 0.89-0.95 with
-    0.4-1.3% in-scope fallback; the bag of words alone: patterns 0.76-0.79, out-of-scope recall 0.74-0.81)."""
+    0.4-1.3% in-scope fallback; the bag of words alone: patterns 0.73-0.79, out-of-scope recall 0.70-0.81)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
     assert m["patterns"]["accuracy"] >= 0.85 and m["patterns"]["macro_f1"] >= 0.85
