@@ -189,12 +189,10 @@ class IntentClassifier:
         features, language = self.pre.analyse(text)
         return features, language == "english"
 
-    def bag_of_words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Binary bag-of-words rows (N, n_features) over the training vocabulary, and each text's
-        coverage: the share of its features in that vocabulary (0 for a text with none, or not in English)."""
-        return self._encode([self.analyse(t) for t in texts])
-
-    def _encode(self, analysed: Sequence[tuple[list[str], bool]]) -> tuple[np.ndarray, np.ndarray]:
+    def _bag_of_words(self, analysed: Sequence[tuple[list[str], bool]]) -> tuple[np.ndarray, np.ndarray]:
+        """Binary bag-of-words rows (N, n_features) over the training vocabulary from ``analyse``'s output,
+        and each text's coverage: the share of its features in that vocabulary (0 for a text with none,
+        or not in English)."""
         out = np.zeros((len(analysed), len(self.features)), np.float32)
         coverage = np.zeros(len(analysed))
         for row, (tokens, english) in enumerate(analysed):
@@ -206,9 +204,9 @@ class IntentClassifier:
     def inputs(self, texts: Sequence[str], analysed: Sequence[tuple[list[str], bool]] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """The network's input rows (bag of words, then the sentence embedding if any) and each text's
-        coverage (see ``bag_of_words``); ``analysed`` saves preprocessing the texts again."""
+        coverage (see ``_bag_of_words``); ``analysed`` saves preprocessing the texts again."""
         texts = list(texts)
-        x, coverage = self._encode(analysed if analysed is not None else [self.analyse(t) for t in texts])
+        x, coverage = self._bag_of_words(analysed if analysed is not None else [self.analyse(t) for t in texts])
         if self.encoder is not None:  # it reads the text spelling-corrected, like the bag of words
             x = np.hstack([x, self.encoder([self.pre.corrected(t) for t in texts])])
         return x, coverage
@@ -367,8 +365,7 @@ def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, cl
     logger.info("intent training: %d examples (%d after de-duplication), %d features, %d classes",
                 len(tokens), len(train), len(features), len(classes))
     clf = IntentClassifier(pre, features, classes, None, {t: item["responses"] for t, item in intents.items()},
-                           hidden=hidden, seed=seed,
-                           sentence_encoder=sentence_encoder)
+                           hidden=hidden, seed=seed, sentence_encoder=sentence_encoder)
     x, _ = clf.inputs(train["text"].tolist())
     clf.net = fit_net(x, train["tag"].map(label).to_numpy(), len(classes), hidden, epochs, lr, seed=seed)
     valid_in = examples[examples["split"] == "valid"]
