@@ -51,6 +51,28 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict
             "n": int(len(y_true))}
 
 
+def confused_pairs(y_true: Sequence[str], y_pred: Sequence[str], subcategory: dict[str, str] | None = None,
+                   top: int = 10) -> list[dict]:
+    """The ``top`` pairs of classes mistaken for each other (either way round), most errors first:
+    ``{"pair", "errors", "share" (of all errors), "cumulative_share", "same_subcategory"}``.
+    ``same_subcategory`` (when ``subcategory`` maps each class to one) says whether the poster's
+    score still gives those mistakes half credit."""
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    wrong = y_true != y_pred
+    pairs = pd.Series([" / ".join(sorted(p)) for p in zip(y_true[wrong], y_pred[wrong])], dtype=object)
+    counts = pairs.value_counts(sort=True)
+    counts = counts.iloc[np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))][:top]
+    rows, total, seen = [], max(int(wrong.sum()), 1), 0
+    for pair, n in counts.items():
+        seen += int(n)
+        row = {"pair": pair, "errors": int(n), "share": float(n / total), "cumulative_share": seen / total}
+        if subcategory is not None:
+            a, b = pair.split(" / ")
+            row["same_subcategory"] = subcategory.get(a) is not None and subcategory.get(a) == subcategory.get(b)
+        rows.append(row)
+    return rows
+
+
 def latency_ms(fn: Callable[[object], object], inputs: Sequence, warmup: int = 3) -> dict:
     """p50/p95/mean milliseconds of ``fn(x)`` over ``inputs`` (after ``warmup`` calls)."""
     if not inputs:

@@ -15,7 +15,7 @@ from .config import logger
 from .data import Catalogue, load_catalogue, load_split, make_split, save_split
 from .embed import embed_files, load_embeddings, save_embeddings
 from .index import DEFAULT_INDEX, Index, build_index, save_index
-from .evaluate import ExactIndex, classification_metrics, latency_ms, retrieval_metrics
+from .evaluate import ExactIndex, classification_metrics, confused_pairs, latency_ms, retrieval_metrics
 from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, create_model, load_model,
                      predict_proba, run_prefix, save_model, train_cached, train_full)
 
@@ -150,6 +150,8 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     probs = predict_proba(bot.model, paths, tuple(bot.info.image_size))
     predicted = [bot.classes[i] for i in probs.argmax(1)]
     metrics["classification"] = classification_metrics(test["articleType"].tolist(), predicted)
+    subcategory = dict(zip(split["articleType"], split["subCategory"]))
+    metrics["classification"]["confused_pairs"] = confused_pairs(test["articleType"].tolist(), predicted, subcategory)
     rng = np.random.default_rng(config.SEED)
     sample = [paths[i] for i in rng.choice(len(paths), min(latency_queries, len(paths)), replace=False)]
     metrics["latency_similar"] = latency_ms(lambda p: bot.similar(p, k=k), sample)

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopbot_utils.evaluate import (ExactIndex, classification_metrics, l2_normalize, latency_ms,
-                                    match_scores, retrieval_metrics)
+from shopbot_utils.evaluate import (ExactIndex, classification_metrics, confused_pairs, l2_normalize,
+                                    latency_ms, match_scores, retrieval_metrics)
 
 
 def test_exact_index_matches_brute_force():
@@ -62,3 +62,17 @@ def test_classification_metrics_and_latency():
     assert 0 < lat["p50_ms"] <= lat["p95_ms"] and lat["n"] == 10
     with pytest.raises(ValueError):
         latency_ms(lambda x: x, [])
+
+
+def test_confused_pairs_count_both_directions_most_first():
+    true = ["Heels", "Flats", "Heels", "Tops", "Tshirts", "Watches", "Heels", "Tops"]
+    pred = ["Flats", "Heels", "Flats", "Tshirts", "Tshirts", "Heels", "Heels", "Tops"]
+    sub = {"Heels": "Shoes", "Flats": "Shoes", "Tops": "Topwear", "Tshirts": "Topwear", "Watches": "Watches"}
+    rows = confused_pairs(true, pred, sub)
+    assert [(r["pair"], r["errors"]) for r in rows] == [("Flats / Heels", 3), ("Heels / Watches", 1),
+                                                        ("Tops / Tshirts", 1)]  # ties by name
+    assert [r["same_subcategory"] for r in rows] == [True, False, True]
+    assert rows[0]["share"] == pytest.approx(0.6) and rows[-1]["cumulative_share"] == pytest.approx(1.0)
+    assert confused_pairs(true, pred, top=1) == [{"pair": "Flats / Heels", "errors": 3, "share": 0.6,
+                                                  "cumulative_share": 0.6}]
+    assert confused_pairs(["a", "b"], ["a", "b"]) == []
