@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Callable, Sequence
 
 import numpy as np
@@ -59,13 +60,11 @@ def confused_pairs(y_true: Sequence[str], y_pred: Sequence[str], subcategory: di
     score still gives those mistakes half credit."""
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     wrong = y_true != y_pred
-    pairs = pd.Series([" / ".join(sorted(p)) for p in zip(y_true[wrong], y_pred[wrong])], dtype=object)
-    counts = pairs.value_counts(sort=True)
-    counts = counts.iloc[np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))][:top]
+    counts = Counter(" / ".join(sorted(p)) for p in zip(y_true[wrong], y_pred[wrong]))
     rows, total, seen = [], max(int(wrong.sum()), 1), 0
-    for pair, n in counts.items():
-        seen += int(n)
-        row = {"pair": pair, "errors": int(n), "share": float(n / total), "cumulative_share": seen / total}
+    for pair, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]:
+        seen += n
+        row = {"pair": pair, "errors": n, "share": n / total, "cumulative_share": seen / total}
         if subcategory is not None:
             a, b = pair.split(" / ")
             row["same_subcategory"] = subcategory.get(a) is not None and subcategory.get(a) == subcategory.get(b)
