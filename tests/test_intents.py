@@ -57,14 +57,14 @@ def test_split_is_stratified_and_reproducible():
 
 
 def test_held_out_quality(trained):
-    """Thresholds under what was measured with sentence embeddings (Bitext 0.997 acc, patterns
-    0.874 / 0.892 here and 0.869-0.897 acc over four split seeds, out-of-scope recall 0.89-0.95 with
-    0.4-1.3% in-scope fallback; the bag of words alone: patterns 0.73-0.79, out-of-scope recall 0.70-0.81)."""
+    """Thresholds under what was measured with sentence embeddings and 36 patterns a tag, calibrated at
+    2% (Bitext 0.996 acc; patterns 0.887 / 0.908 acc / macro-F1 here and 0.887-0.935 acc over four split
+    seeds; out-of-scope recall 0.88-0.95 with 0.4-1.1% in-scope fallback)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
-    assert m["patterns"]["accuracy"] >= 0.85 and m["patterns"]["macro_f1"] >= 0.85
-    assert m["oos_recall"] >= 0.85
-    assert m["in_scope_fallback"] <= 0.05
+    assert m["patterns"]["accuracy"] >= 0.86 and m["patterns"]["macro_f1"] >= 0.88
+    assert m["oos_recall"] >= 0.80
+    assert m["in_scope_fallback"] <= 0.02
 
 
 @pytest.mark.parametrize("variants, intent", [
