@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -128,7 +129,11 @@ def create_model(backbone: str = "efficientnet_lite0", n_classes: int = config.N
                  pretrained: bool = True, weights_path: str | Path | None = None,
                  embed_dim: int = 512) -> ShopNet:
     """An ImageNet backbone with a fresh fastai head (``create_head``) for ``n_classes``."""
-    from fastai.vision.learner import create_head
+    with warnings.catch_warnings():
+        # fastai 2.8 decorates some layers with torch.jit.script, which torch 2.14 deprecates: its first
+        # import prints a FutureWarning (into CLI output too) that is fastai's to fix, not the user's.
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        from fastai.vision.learner import create_head
 
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")

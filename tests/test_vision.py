@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -128,3 +130,11 @@ def test_full_mode_runs_on_images(catalogue, tmp_path):
                               classes, epochs=1, batch_size=8, freeze_epochs=1)
     assert len(learn.recorder.values) == 1
     assert not torch.equal(before, model.body[-2]._project_conv.weight)
+
+
+def test_creating_a_model_prints_no_fastai_import_warning():
+    """fastai's first import warns that torch.jit.script is deprecated; users (CLI output) never see it."""
+    code = "from shopbot_utils.vision import create_model; create_model(n_classes=3, pretrained=False)"
+    run = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "jit.script" not in run.stderr and "FutureWarning" not in run.stderr, run.stderr
