@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -85,11 +86,14 @@ def intent_examples(intents: dict[str, dict], bitext: str | Path | None = None) 
 
 
 def split_examples(frame: pd.DataFrame, fractions=(0.7, 0.1, 0.2), seed: int = config.SEED) -> pd.DataFrame:
-    """Adds ``split`` (train/valid/test), stratified by source and tag, seeded; every tag keeps a train example."""
-    rng = np.random.default_rng(seed)
+    """Adds ``split`` (train/valid/test), stratified by source and tag, seeded; every tag keeps a train example.
+
+    Each (source, tag) group is shuffled by a generator of its own, so editing one tag's patterns leaves
+    every other tag's split as it was (one shared generator reshuffled them all)."""
     out = frame.copy()
     out["split"] = "train"
-    for _, idx in out.groupby(["source", "tag"]).groups.items():
+    for (source, tag), idx in out.groupby(["source", "tag"]).groups.items():
+        rng = np.random.default_rng([seed, zlib.crc32(f"{source}/{tag}".encode())])
         idx = rng.permutation(np.asarray(idx))
         n_test = int(round(len(idx) * fractions[2])) if len(idx) >= 3 else 0
         n_valid = int(round(len(idx) * fractions[1])) if len(idx) >= 5 else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shopbot_utils import ShopBot, config
@@ -56,10 +57,22 @@ def test_split_is_stratified_and_reproducible():
     assert (per_tag["train"] >= 10).all() and (per_tag["test"] >= 3).all()
 
 
+def test_editing_one_tag_leaves_the_other_tags_split_alone():
+    examples = intent_examples(load_intents())
+    before = split_examples(examples, seed=1)
+    # bot_capabilities is the first tag shuffled: with one generator for all, every later tag moved
+    edited = pd.concat([examples, pd.DataFrame({"text": ["what else can you do?"], "tag": ["bot_capabilities"],
+                                                "source": ["patterns"]})], ignore_index=True)
+    after = split_examples(edited, seed=1).iloc[:len(examples)]
+    others = examples["tag"] != "bot_capabilities"
+    assert after.loc[others, "split"].tolist() == before.loc[others, "split"].tolist()
+    assert split_examples(examples, seed=2)["split"].tolist() != before["split"].tolist()
+
+
 def test_held_out_quality(trained):
     """Thresholds under what was measured with sentence embeddings and 36 patterns a tag, calibrated at
-    2% (Bitext 0.996 acc; patterns 0.887 / 0.908 acc / macro-F1 here and 0.887-0.935 acc over four split
-    seeds; out-of-scope recall 0.88-0.95 with 0.4-1.1% in-scope fallback)."""
+    2% (Bitext 0.995 acc; patterns 0.939 / 0.948 acc / macro-F1 here and 0.891-0.943 acc over eight split
+    seeds; out-of-scope recall 0.87-0.95 with 0.3-0.6% in-scope fallback)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
     assert m["patterns"]["accuracy"] >= 0.86 and m["patterns"]["macro_f1"] >= 0.88
