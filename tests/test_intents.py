@@ -75,8 +75,8 @@ def test_held_out_quality(trained):
     seeds; out-of-scope recall 0.87-0.95 with 0.3-0.6% in-scope fallback)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
-    assert m["patterns"]["accuracy"] >= 0.86 and m["patterns"]["macro_f1"] >= 0.88
-    assert m["oos_recall"] >= 0.80
+    assert m["patterns"]["accuracy"] >= 0.88 and m["patterns"]["macro_f1"] >= 0.88
+    assert m["oos_recall"] >= 0.85
     assert m["in_scope_fallback"] <= 0.02
 
 
