@@ -70,12 +70,12 @@ def test_editing_one_tag_leaves_the_other_tags_split_alone():
 
 
 def test_held_out_quality(trained):
-    """Thresholds under what was measured with sentence embeddings and 36 patterns a tag, calibrated at
-    2% (Bitext 0.995 acc; patterns 0.939 / 0.948 acc / macro-F1 here and 0.891-0.943 acc over eight split
-    seeds; out-of-scope recall 0.87-0.95 with 0.3-0.6% in-scope fallback)."""
+    """Thresholds under what was measured with sentence embeddings and 60 patterns a tag, calibrated at
+    2% (Bitext 0.995 acc; patterns 0.945 / 0.952 acc / macro-F1 here and 0.905-0.953 acc over eight split
+    seeds; out-of-scope recall 0.94 here, 0.86-0.98 over the seeds, with 0.5% in-scope fallback)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
-    assert m["patterns"]["accuracy"] >= 0.88 and m["patterns"]["macro_f1"] >= 0.88
+    assert m["patterns"]["accuracy"] >= 0.90 and m["patterns"]["macro_f1"] >= 0.90
     assert m["oos_recall"] >= 0.85
     assert m["in_scope_fallback"] <= 0.02
 
