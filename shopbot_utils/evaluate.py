@@ -60,13 +60,12 @@ def confused_pairs(y_true: Sequence[str], y_pred: Sequence[str], subcategory: di
     score still gives those mistakes half credit."""
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     wrong = y_true != y_pred
-    counts = Counter(" / ".join(sorted(p)) for p in zip(y_true[wrong], y_pred[wrong]))
+    counts = Counter(tuple(sorted(p)) for p in zip(y_true[wrong], y_pred[wrong]))
     rows, total, seen = [], max(int(wrong.sum()), 1), 0
-    for pair, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]:
+    for (a, b), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]:
         seen += n
-        row = {"pair": pair, "errors": n, "share": n / total, "cumulative_share": seen / total}
+        row = {"pair": f"{a} / {b}", "errors": n, "share": n / total, "cumulative_share": seen / total}
         if subcategory is not None:
-            a, b = pair.split(" / ")
             row["same_subcategory"] = subcategory.get(a) is not None and subcategory.get(a) == subcategory.get(b)
         rows.append(row)
     return rows
