@@ -6,10 +6,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from shopbot_utils import ShopBot, config
 from shopbot_utils.intents import (OUT_OF_SCOPE, IntentClassifier, build_intents, evaluate_intents, load_intents,
                                    split_examples, intent_examples, train_intents, understand_product)
+from shopbot_utils.sentence import SCALE
 from shopbot_utils.vision import ArtifactError
 
 ISSUE_TAGS = """greeting goodbye thanks bot_capabilities price size_guide product_search image_search cancel_order
@@ -70,12 +72,13 @@ def test_editing_one_tag_leaves_the_other_tags_split_alone():
 
 
 def test_held_out_quality(trained):
-    """Thresholds under what was measured with sentence embeddings and 60 patterns a tag, calibrated at
-    2% (Bitext 0.995 acc; patterns 0.945 / 0.952 acc / macro-F1 here and 0.905-0.953 acc over eight split
-    seeds; out-of-scope recall 0.94 here, 0.86-0.98 over the seeds, with 0.5% in-scope fallback)."""
+    """Thresholds under what was measured with sentence embeddings, the neighbour vote and 60 patterns a
+    tag, calibrated at 2% (Bitext 0.994 acc; patterns 0.948 / 0.958 acc / macro-F1 here and 0.941-0.957
+    acc, 0.951-0.965 macro-F1 over eight split seeds; out-of-scope recall 0.93 here, 0.89-0.95 over the
+    seeds, with 0.7% in-scope fallback)."""
     m = trained[2]["shopbot"]
     assert m["bitext"]["accuracy"] >= 0.98 and m["bitext"]["macro_f1"] >= 0.98
-    assert m["patterns"]["accuracy"] >= 0.90 and m["patterns"]["macro_f1"] >= 0.90
+    assert m["patterns"]["accuracy"] >= 0.93 and m["patterns"]["macro_f1"] >= 0.94
     assert m["oos_recall"] >= 0.85
     assert m["in_scope_fallback"] <= 0.02
 
@@ -131,6 +134,53 @@ def test_save_load_round_trip_and_errors(trained, tmp_path):
     (bad / "intent_model.json").write_text(json.dumps(meta | {"features": meta["features"][:-1]}))
     with pytest.raises(ArtifactError, match="does not match"):
         IntentClassifier.load(bad)
+
+
+def test_neighbour_vote_and_its_memory(trained):
+    clf = trained[1].classifier
+    embeddings, labels = clf.memory
+    assert clf.neighbour_weight == 0.5 and embeddings.dtype == np.float16 and len(embeddings) == len(labels) > 5000
+    assert set(np.unique(labels)) == set(range(len(clf.classes)))  # every intent, and out_of_scope, remembered
+    assert np.allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1, atol=1e-2)
+    # A remembered message votes for its own class; the votes are probabilities.
+    votes = clf.neighbour_proba(embeddings[[0, -1]].astype(np.float32))
+    assert np.allclose(votes.sum(1), 1) and list(votes.argmax(1)) == [labels[0], labels[-1]] and votes.max() > 0.5
+    # An intent with nothing remembered gets no vote (labels are sorted: drop the first class's rows).
+    few = IntentClassifier(clf.pre, clf.features, clf.classes, None, clf.responses, sentence_encoder="minilm")
+    few.remember(embeddings[labels > 0], labels[labels > 0])
+    assert few.neighbour_proba(embeddings[:3].astype(np.float32))[:, 0].max() == 0
+    # Without the vote the probabilities are the network's alone.
+    texts = ["where is my refund", "how long is the refund window?"]
+    alone = IntentClassifier.load(trained[0] / "intents")
+    alone.neighbour_weight = 0.0
+    x, coverage = clf.inputs(texts)
+    mixed = 0.5 * alone.predict_proba(texts) + 0.5 * clf.neighbour_proba(x[:, len(clf.features):] / SCALE)
+    assert np.allclose(clf.predict_proba(texts), mixed, atol=1e-5)
+
+
+def test_models_saved_before_the_neighbour_vote_load_as_they_were(trained, tmp_path):
+    folder, training, _ = trained
+    clf = training.classifier
+    network = {k: v.numpy() for k, v in clf.net.state_dict().items()}
+    np.savez(tmp_path / "intent_model.npz", **network)  # no memory, no "neighbour_weight": as saved before
+    meta = json.loads((folder / "intents" / "intent_model.json").read_text())
+    old = {k: v for k, v in meta.items() if not k.startswith("neighbour")}
+    (tmp_path / "intent_model.json").write_text(json.dumps(old))
+    loaded = IntentClassifier.load(tmp_path)
+    assert loaded.neighbour_weight == 0 and loaded.memory is None
+    assert np.allclose(loaded.predict_proba(["where is my refund"]), clf.net(torch.from_numpy(
+        clf.inputs(["where is my refund"])[0])).softmax(1).detach().numpy(), atol=1e-6)
+    # A vote calibrated at another temperature, or a damaged memory, is refused with a clear error.
+    (tmp_path / "intent_model.json").write_text(json.dumps(meta | {"neighbour_temperature": 0.1}))
+    with pytest.raises(ArtifactError, match="temperature"):
+        IntentClassifier.load(tmp_path)
+    (tmp_path / "intent_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="does not match"):  # the memory is missing from the weights
+        IntentClassifier.load(tmp_path)
+    np.savez(tmp_path / "intent_model.npz", **network, **{"memory.embeddings": clf.memory[0],
+                                                          "memory.labels": clf.memory[1] + 1})
+    with pytest.raises(ArtifactError, match="does not match"):  # a label past the last class
+        IntentClassifier.load(tmp_path)
 
 
 def test_paraphrases_without_a_shared_word(trained):
