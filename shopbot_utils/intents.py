@@ -57,7 +57,7 @@ MAX_FALLBACK = 0.02
 #: nearest neighbour outvotes the network; between close neighbours of two intents the network
 #: decides. Chosen on the validation patterns of eight split seeds: weights 0.4-0.5 at temperatures
 #: 0.02-0.05 lifted accuracy from 0.946 to 0.957-0.959 (the network alone, no fallback), 1 or 5
-#: neighbours alike; weights of 0.6 and more fell back towards nearest-neighbour alone (0.927). See
+#: neighbours alike; weights of 0.6 and more drifted towards the vote alone (0.927). See
 #: notebook 06 for what it adds on the test split.
 NEIGHBOUR_WEIGHT = 0.5
 NEIGHBOUR_TEMPERATURE = 0.02
