@@ -337,7 +337,7 @@ class IntentClassifier:
                     embeddings, labels = (arrays[k] for k in _MEMORY_KEYS)
                     if embeddings.shape[1:] != (clf.encoder.dim,) or len(labels) != len(embeddings) \
                             or labels.min() < 0 or labels.max() >= len(clf.classes):
-                        raise ValueError(f"memory of shape {embeddings.shape} with labels {labels.min()}-{labels.max()}")
+                        raise ValueError(f"memory of shape {embeddings.shape}, labels {labels.min()}-{labels.max()}")
                     clf.remember(embeddings, labels)
         except Exception as exc:  # noqa: BLE001 - damaged or mismatched weights: say which file
             raise ArtifactError(f"{weights_path} does not match {meta_path}: {exc}") from None
