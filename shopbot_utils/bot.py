@@ -10,7 +10,7 @@ import pandas as pd
 from . import config
 from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
-from .index import ExactIndex, Index, build_index, load_index
+from .index import ExactIndex, Index, build_index, load_index, one_blas_thread
 from .intents import IntentClassifier, Reply
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
@@ -170,5 +170,7 @@ class ShopBot:
             from .background import prepare_query
 
             image = prepare_query(image, "auto" if remove_background is True else remove_background)
-        ids, scores = self.get_index(index).query(self.embed(image), k)
+        vector = self.embed(image)
+        with one_blas_thread():  # after torch's threads: see one_blas_thread
+            ids, scores = self.get_index(index).query(vector, k)
         return _products(self.products.loc[ids], scores)

@@ -46,6 +46,23 @@ def test_similar_returns_products_best_first(bot, catalogue):
                                         "productDisplayName", "score"}
 
 
+def test_similar_searches_with_one_blas_thread(bot, catalogue, monkeypatch):
+    """numpy's BLAS threads and torch's took turns on the cores (p95 103 ms instead of 10): the search
+    after the CNN runs with one BLAS thread, and the limit is lifted afterwards."""
+    from threadpoolctl import threadpool_info
+
+    blas_threads = lambda: {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}  # noqa: E731
+    before, seen, query = blas_threads(), [], type(bot.index).query
+
+    def spy(self, *args, **kwargs):
+        seen.append(blas_threads())
+        return query(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(bot.index), "query", spy)
+    assert len(bot.similar(catalogue.image_path(1163), k=3)) == 3
+    assert seen == [{1}] and blas_threads() == before
+
+
 def test_path_bytes_and_pil_give_the_same_answer(bot, catalogue):
     from PIL import Image
 
