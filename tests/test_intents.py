@@ -139,16 +139,19 @@ def test_save_load_round_trip_and_errors(trained, tmp_path):
 def test_neighbour_vote_and_its_memory(trained):
     clf = trained[1].classifier
     embeddings, labels = clf.memory
-    assert clf.neighbour_weight == 0.5 and embeddings.dtype == np.float16 and len(embeddings) == len(labels) > 5000
+    assert clf.neighbour_weight == 0.5 and len(embeddings) == len(labels) > 5000
+    assert np.array_equal(embeddings, embeddings.astype(np.float16).astype(np.float32))  # as saved: float16
+    with np.load(trained[0] / "intents" / "intent_model.npz") as saved:
+        assert saved["memory.embeddings"].dtype == np.float16 and np.array_equal(saved["memory.labels"], labels)
     assert set(np.unique(labels)) == set(range(len(clf.classes)))  # every intent, and out_of_scope, remembered
-    assert np.allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1, atol=1e-2)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-2)
     # A remembered message votes for its own class; the votes are probabilities.
-    votes = clf.neighbour_proba(embeddings[[0, -1]].astype(np.float32))
+    votes = clf.neighbour_proba(embeddings[[0, -1]])
     assert np.allclose(votes.sum(1), 1) and list(votes.argmax(1)) == [labels[0], labels[-1]] and votes.max() > 0.5
     # An intent with nothing remembered gets no vote (labels are sorted: drop the first class's rows).
     few = IntentClassifier(clf.pre, clf.features, clf.classes, None, clf.responses, sentence_encoder="minilm")
     few.remember(embeddings[labels > 0], labels[labels > 0])
-    assert few.neighbour_proba(embeddings[:3].astype(np.float32))[:, 0].max() == 0
+    assert few.neighbour_proba(embeddings[:3])[:, 0].max() == 0
     # Without the vote the probabilities are the network's alone.
     texts = ["where is my refund", "how long is the refund window?"]
     alone = IntentClassifier.load(trained[0] / "intents")
@@ -181,6 +184,21 @@ def test_models_saved_before_the_neighbour_vote_load_as_they_were(trained, tmp_p
                                                           "memory.labels": clf.memory[1] + 1})
     with pytest.raises(ArtifactError, match="does not match"):  # a label past the last class
         IntentClassifier.load(tmp_path)
+
+
+def test_intent_benchmark_runs(trained, tmp_path, capsys):
+    import importlib.util
+
+    path = config.ROOT / "benchmarks" / "bench_intents.py"
+    spec = importlib.util.spec_from_file_location("bench_intents", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "intents.json"
+    assert bench.main(["--artifacts", str(trained[0]), "--messages", "20", "--out", str(out)]) == 0
+    rows = {r["what"].strip(): r for r in json.loads(out.read_text())["rows"]}
+    assert rows["neighbour vote"]["p50_ms"] > 0 and rows["reply, network alone"]["p95_ms"] > 0
+    assert rows["reply, network + neighbour vote (shipped)"]["memory_mib"] > rows["reply, network alone"]["memory_mib"]
+    assert "held-out messages" in capsys.readouterr().out
 
 
 def test_paraphrases_without_a_shared_word(trained):
