@@ -236,6 +236,10 @@ class IntentClassifier:
             x = np.hstack([x, self.encoder([self.pre.corrected(t) for t in texts])])
         return x, coverage
 
+    def sentence_part(self, x: np.ndarray) -> np.ndarray:
+        """The unit sentence embeddings inside ``inputs``' rows (after the bag of words, times ``SCALE``)."""
+        return x[:, len(self.features):] / SCALE
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities (N, n_classes); a text under ``MIN_COVERAGE`` gets all zeros (unknown)."""
         return self._proba(*self.inputs(texts))
@@ -244,7 +248,7 @@ class IntentClassifier:
     def _proba(self, x: np.ndarray, coverage: np.ndarray) -> np.ndarray:
         probs = self.net(torch.from_numpy(x)).softmax(1).numpy()
         if self.neighbour_weight and self.memory is not None:
-            votes = self.neighbour_proba(x[:, len(self.features):] / SCALE)
+            votes = self.neighbour_proba(self.sentence_part(x))
             probs = (1.0 - self.neighbour_weight) * probs + self.neighbour_weight * votes
         probs[coverage < MIN_COVERAGE] = 0.0
         return probs
@@ -442,7 +446,7 @@ def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, cl
     y = train["tag"].map(label).to_numpy()
     clf.net = fit_net(x, y, len(classes), hidden, epochs, lr, seed=seed)
     if clf.neighbour_weight:
-        clf.remember(x[:, len(features):] / SCALE, y)
+        clf.remember(clf.sentence_part(x), y)
     clf.threshold, curve = calibrate(clf, examples, oos, max_fallback)
     return IntentTraining(clf, examples, oos, curve)
 
