@@ -1,4 +1,4 @@
-"""Command line: ``python -m shopbot_utils {similar,classify,ask,data,build}``."""
+"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build}``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", help="answer a shopper's message (intent, confidence, reply)")
     a.add_argument("text")
     a.add_argument("--json", action="store_true", help="print JSON instead of text")
+    t = sub.add_parser("search", help="catalogue products for a text query")
+    t.add_argument("text")
+    t.add_argument("-k", type=int, default=5, help="how many products (default 5)")
+    t.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d = sub.add_parser("data", help="find (extract or download) the catalogue and report on it")
     d.add_argument("--data", default=None, help="Kaggle zip or folder (default: SHOPBOT_DATA, cache, download)")
     b = sub.add_parser("build", help="run the whole pipeline without notebooks")
@@ -74,13 +78,26 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in bot.classify(args.image, top=args.top):
                 print(f"{p:6.3f}  {name}")
             return 0
-        products = bot.similar(args.image, k=args.k)
-        if args.json:
-            print(json.dumps([p.as_dict() for p in products], indent=1))
+        if args.command == "search":
+            products = bot.search(args.text, k=args.k)
+            if args.json:
+                print(json.dumps({"understood": products.understood, "relaxed": products.relaxed,
+                                  "message": products.message, "products": [p.as_dict() for p in products]},
+                                 indent=1))
+                return 0
+            understood = "; ".join(f"{k}: {', '.join(v)}" for k, v in products.understood.items())
+            print(f"understood: {understood or 'nothing specific'}")
+            if products.message:
+                print(products.message)
         else:
-            print(f"{'score':>6}  {'id':>6}  {'articleType':<18} {'colour':<12} name")
-            for p in products:
-                print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.productDisplayName}")
+            products = bot.similar(args.image, k=args.k)
+            if args.json:
+                print(json.dumps([p.as_dict() for p in products], indent=1))
+                return 0
+        print(f"{'score':>6}  {'id':>6}  {'articleType':<18} {'colour':<12} {'gender':<7} name")
+        for p in products:
+            print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.gender:<7} "
+                  f"{p.productDisplayName}")
         return 0
     except (ImageError, ArtifactError, CatalogueNotFoundError, NLTKDataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,23 +3,34 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import config
+from .config import logger
 from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
 from .index import ExactIndex, Index, build_index, load_index, one_blas_thread
 from .intents import IntentClassifier, Reply
+from .search import Query, TextSearch, parse_query, with_gender
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
-PRODUCT_COLUMNS = ["id", "articleType", "subCategory", "baseColour", "productDisplayName"]
+PRODUCT_COLUMNS = ["id", "articleType", "subCategory", "baseColour", "productDisplayName", "gender", "usage"]
+#: ``similar`` adds this much of log p(the query is of the product's type) to the cosine, p being the
+#: trained head's own probabilities for the query's embedding: recommending within the predicted
+#: class, softly (the poster's literature review). Measured on the test split: see notebook 06b.
+CLASS_PRIOR = 0.02
+#: How many nearest neighbours the class prior re-orders.
+PRIOR_POOL = 50
 
 
 @dataclass(frozen=True)
 class Product:
-    """One catalogue product returned by ``ShopBot.similar`` (``score`` is cosine similarity)."""
+    """One catalogue product. ``score``: for ``similar``, cosine similarity (plus the class prior);
+    for ``search``, the fused reciprocal-rank score of BM25 and the name embeddings."""
 
     id: int
     articleType: str
@@ -27,30 +38,51 @@ class Product:
     baseColour: str
     productDisplayName: str
     score: float
+    gender: str = ""
+    usage: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+class Results(list):
+    """A list of ``Product``s, best first, that also says what a search understood (``{field:
+    [values]}``), which constraints it dropped because nothing matched them all (``relaxed``), and a
+    sentence for the shopper (``message``: empty when everything asked for was found)."""
+
+    def __init__(self, products=(), understood: dict | None = None, relaxed: list[str] | None = None,
+                 message: str = ""):
+        super().__init__(products)
+        self.understood, self.relaxed, self.message = understood or {}, relaxed or [], message
+
+
 def save_products(folder: str | Path, styles: pd.DataFrame, ids: np.ndarray) -> Path:
-    """Write the product facts of ``ids`` to ``products.csv`` so the bot needs no raw data."""
+    """Write the product facts of ``ids`` to ``products.csv`` so the bot needs no raw data (gender from
+    Kaggle's column where it has one, else from the product name)."""
     path = Path(folder) / "products.csv"
-    styles.set_index("id", drop=False).loc[ids, PRODUCT_COLUMNS].to_csv(path, index=False)
+    rows = with_gender(styles.set_index("id", drop=False).loc[ids])
+    rows[PRODUCT_COLUMNS].to_csv(path, index=False)
     return path
 
 
 def load_products(folder: str | Path) -> pd.DataFrame:
-    """Read ``products.csv``, indexed by product id."""
+    """Read ``products.csv``, indexed by product id (files written before gender and usage get a
+    gender from the names and an empty usage)."""
     path = Path(folder) / "products.csv"
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: run `make run` (or notebook 03) first")
-    return read_id_csv(path).set_index("id", drop=False).rename_axis(None)
+    rows = read_id_csv(path)
+    for column in ("gender", "usage"):
+        if column in rows:
+            rows[column] = rows[column].fillna("").astype(str)
+    return with_gender(rows).set_index("id", drop=False).rename_axis(None)
 
 
 def _products(rows: pd.DataFrame, scores) -> list[Product]:
     """``Product``s from rows of ``products.csv`` with their scores."""
-    return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName, float(s))
-            for r, s in zip(rows.itertuples(index=False), scores)]
+    return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName, float(s),
+                    r.gender, r.usage)
+            for r, s in zip(rows[PRODUCT_COLUMNS].itertuples(index=False), scores)]
 
 
 class ShopBot:
@@ -68,7 +100,9 @@ class ShopBot:
 
     def __init__(self, model: ShopNet | None = None, info: ModelInfo | None = None, index: Index | None = None,
                  products: pd.DataFrame | None = None, intents: IntentClassifier | None = None,
-                 folder: Path | None = None):
+                 folder: Path | None = None, norms: np.ndarray | None = None):
+        """``norms``: the length of each indexed embedding before normalisation (the head's layers,
+        used by the class prior, read raw embeddings); ``load`` passes them."""
         if index is not None and products is not None:
             missing = np.setdiff1d(index.ids, products.index.to_numpy())
             if len(missing):
@@ -76,6 +110,10 @@ class ShopBot:
         self.model, self.info, self.index, self.products = model, info, index, products
         self.intents, self.folder = intents, folder
         self._indexes: dict[str, Index] = {index.kind: index} if index is not None else {}
+        self._text_search: TextSearch | None = None
+        # Index position -> id and the products in index order: filters are masks over positions.
+        self._position = None if index is None else pd.Series(np.arange(len(index.ids)), index=index.ids)
+        self.norms = norms if norms is not None or index is None else np.ones(len(index.ids), np.float32)
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> "ShopBot":
@@ -90,7 +128,8 @@ class ShopBot:
             ids, vectors = load_embeddings(folder, model_sha256=digest)
             # The index notebook 04 chose and saved; exact search until it has run.
             index = load_index(folder, vectors, ids) if (folder / "index.json").is_file() else ExactIndex(vectors, ids)
-            vision = dict(model=model, info=info, index=index, products=load_products(folder))
+            vision = dict(model=model, info=info, index=index, products=load_products(folder),
+                          norms=np.linalg.norm(vectors, axis=1))
         else:
             vision = {}
         # The intent model loads on the first ask(): a photo search needs neither it nor NLTK's data.
@@ -118,18 +157,46 @@ class ShopBot:
                 raise ArtifactError(f"no intent model in {self.folder}: run notebook 06 (or `make run`)")
             self.intents = IntentClassifier.load(self.folder / "intents")
         reply = self.intents.reply(text)
-        if reply.understood and self.products is not None:
-            reply.products = self._matching_products(reply.understood)
+        if reply.intent == "product_search" and self.products is not None:
+            found = self.search(text, k=5)
+            reply.products, reply.understood = list(found), found.understood
+            if found.message:
+                reply.text = found.message
         return reply
 
-    def _matching_products(self, understood: dict, k: int = 5) -> list[Product]:
-        rows = self.products
-        for column in ("articleType", "baseColour"):
-            if column in understood:
-                rows = rows[rows[column].isin(understood[column])]
-        if "gender" in understood:  # products.csv has no gender column; the names say it
-            rows = rows[rows["productDisplayName"].str.contains(rf"\b{understood['gender']}\b", na=False)]
-        return _products(rows.head(k), np.ones(min(k, len(rows))))
+    # ---------------------------------------------------------------- text search
+    @property
+    def text_search(self) -> TextSearch:
+        """The catalogue's text search (``artifacts/search``, built by notebook 06b / ``make run``).
+        Artifacts from before it have none: BM25 is then built over the products on first use."""
+        if self._text_search is None:
+            self._need_vision()
+            products = self.products.loc[self.index.ids]
+            if (self.folder is not None) and (self.folder / "search" / "search.json").is_file():
+                self._text_search = TextSearch.load(self.folder / "search", products)
+            else:
+                logger.warning("no saved text search in %s: ranking with BM25 alone (notebook 06b builds it)",
+                               self.folder)
+                self._text_search = TextSearch(products)
+        return self._text_search
+
+    def search(self, text: object, k: int = 5) -> Results:
+        """Catalogue products for a shopper's words, best first: ``search("black heels for women")``.
+
+        What was understood filters (type, colour, gender, usage, "not ..."); when nothing passes, one
+        constraint at a time is dropped and ``.relaxed``/``.message`` say which. BM25 over the names and
+        attributes and MiniLM name embeddings rank what passes (reciprocal-rank fusion; ``score``).
+        """
+        found = self.text_search.search(text, k)
+        rows = self.products.loc[self.index.ids[found.positions]]
+        return Results(_products(rows, found.scores), found.query.understood(), found.relaxed, found.message)
+
+    def where_mask(self, where: dict | Query | np.ndarray | None) -> np.ndarray | None:
+        """A boolean mask over the index's positions from ``{field: value or [values]}`` (fields
+        ``articleType``, ``baseColour``, ``gender``, ``usage``), a parsed ``Query``, or a mask."""
+        if where is None or isinstance(where, np.ndarray):
+            return where
+        return self.text_search.mask(where)
 
     def classify(self, image: ImageInput, top: int | None = None) -> list[tuple[str, float]]:
         """``[(articleType, probability), ...]`` best first (all classes, or the ``top`` best)."""
@@ -155,22 +222,99 @@ class ShopBot:
             self._indexes[index] = build_index(index, self.index.vectors, self.index.ids)
         return self._indexes[index]
 
-    def similar(self, image: ImageInput, k: int = 5, index: str | Index | None = None,
-                remove_background: bool | str = False) -> list[Product]:
+    def anchor_vector(self, anchor: ImageInput | int, remove_background: bool | str = False) -> np.ndarray:
+        """The embedding of a photo, or of catalogue product ``anchor`` (an id: its saved embedding)."""
+        self._need_vision()
+        if _is_product_id(anchor):
+            if anchor not in self._position.index:
+                raise ValueError(f"no product with id {anchor} in the catalogue")
+            return self.stored_embeddings([anchor])[0]
+        return self.embed(self._prepared(anchor, remove_background))
+
+    def stored_embeddings(self, ids: Sequence[int]) -> np.ndarray:
+        """The saved (raw) embeddings of catalogue products."""
+        pos = self._position.loc[np.asarray(ids, dtype=np.int64)].to_numpy()
+        return self.index.vectors[pos] * self.norms[pos, None]
+
+    @staticmethod
+    def _prepared(image: ImageInput, remove_background: bool | str) -> ImageInput:
+        """The photo with its background removed when asked (see ``similar``)."""
+        if not remove_background:
+            return image
+        from .background import prepare_query
+
+        return prepare_query(image, "auto" if remove_background is True else remove_background)
+
+    def type_log_proba(self, vectors: np.ndarray) -> np.ndarray:
+        """log p(type) for embeddings (n, dim) -> (n, classes), from the trained head's own last layers."""
+        with torch.inference_mode():
+            logits = self.model.head[self.model.embed_cut:](torch.from_numpy(np.atleast_2d(vectors).astype(np.float32)))
+            return torch.log_softmax(logits.float(), dim=1).numpy()
+
+    def with_class_prior(self, vectors: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int,
+                         weight: float = CLASS_PRIOR) -> tuple[np.ndarray, np.ndarray]:
+        """Re-order each row of neighbours (ids, cosines: (n, pool)) by cosine + ``weight`` x log p(the
+        query is of the neighbour's type); the ``k`` best of each row. Types the model does not know
+        get the query's least likely class."""
+        log_p = self.type_log_proba(vectors)
+        label = {c: i for i, c in enumerate(self.info.classes)}
+        types = self.products["articleType"].loc[ids.ravel()].map(label).to_numpy(dtype=float).reshape(ids.shape)
+        prior = np.take_along_axis(log_p, np.nan_to_num(types, nan=0).astype(np.int64), axis=1)
+        prior = np.where(np.isnan(types), log_p.min(1, keepdims=True), prior)
+        adjusted = scores + weight * prior
+        order = np.argsort(-adjusted, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(adjusted, order, axis=1)
+
+    def similar(self, image: ImageInput | int, k: int = 5, index: str | Index | None = None,
+                remove_background: bool | str = False, where: dict | Query | np.ndarray | None = None,
+                class_prior: float = CLASS_PRIOR) -> list[Product]:
         """The ``k`` catalogue products most similar to ``image``, best first.
 
-        ``index``: see ``get_index``. ``remove_background``: for shoppers' photos, ``True`` (the
-        ``auto`` backend) or a backend name (``isnet``, ``modnet``, ``grabcut``, ``none``): the
-        product is cut out, put on white like the catalogue and cropped before embedding.
+        ``image``: a photo (path, bytes, PIL) or a catalogue product id ("more like this": that
+        product itself is left out). ``index``: see ``get_index``. ``remove_background``: for shoppers'
+        photos, ``True`` (the ``auto`` backend) or a backend name (``isnet``, ``modnet``, ``grabcut``,
+        ``none``): the product is cut out, put on white like the catalogue and cropped before embedding.
+        ``where``: only products with these attributes (``{"baseColour": "Black"}``; see ``where_mask``),
+        searched inside the index. ``class_prior``: weight of log p(query's type = product's type).
         """
         self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
-        if remove_background:
-            from .background import prepare_query
-
-            image = prepare_query(image, "auto" if remove_background is True else remove_background)
-        vector = self.embed(image)
+        vector = self.anchor_vector(image, remove_background)
+        mask = self.where_mask(where)
+        if _is_product_id(image):  # "more like this" never answers with the product itself
+            mask = (np.ones(len(self.index.ids), bool) if mask is None else mask.copy())
+            mask[self._position[image]] = False
+        pool = max(PRIOR_POOL, k) if class_prior else k
         with one_blas_thread():  # after torch's threads: see one_blas_thread
-            ids, scores = self.get_index(index).query(vector, k)
+            ids, scores = self.get_index(index).query(vector, pool, where=mask)
+        if class_prior and len(ids):
+            ids, scores = (a[0] for a in self.with_class_prior(vector[None], ids[None], scores[None], k, class_prior))
         return _products(self.products.loc[ids], scores)
+
+    def refine(self, anchor: ImageInput | int, text: str, k: int = 5, index: str | Index | None = None,
+               remove_background: bool | str = False) -> Results:
+        """"Like this, but in black": products that look like ``anchor`` (a photo or a product id) and
+        have what ``text`` asks for. The anchor's article type is kept unless ``text`` names another;
+        when nothing has it all, constraints are dropped one at a time (``.relaxed``, ``.message``)."""
+        self._need_vision()
+        query = parse_query(text)
+        if not _is_product_id(anchor):
+            anchor, remove_background = self._prepared(anchor, remove_background), False
+        if "articleType" not in query.include:
+            if _is_product_id(anchor):
+                self.anchor_vector(anchor)  # a clear error for an unknown id
+                kind = self.products.loc[int(anchor), "articleType"]
+            else:
+                kind = self.classify(anchor, top=1)[0][0]
+            query = Query(query.text, {"articleType": [kind], **query.include}, query.exclude)
+        mask, relaxed = self.text_search.relaxed_mask(query)
+        products = self.similar(anchor, k, index, where=mask, class_prior=0.0)  # the type is filtered
+        message = ""
+        if relaxed:
+            message = f"No {query.describe()} like this; here are {query.without(relaxed).describe()}."
+        return Results(products, query.understood(), relaxed, message)
+
+
+def _is_product_id(anchor: object) -> bool:
+    return isinstance(anchor, (int, np.integer)) and not isinstance(anchor, bool)

@@ -3,7 +3,8 @@
 ``exact`` (numpy, the reference), ``lsh`` (random-hyperplane SimHash, several tables, multi-probe,
 exact re-ranking), ``faiss`` (HNSW, the industry reference) and ``datasketch`` (its HNSW).
 Every index is built from ``(vectors, ids)``, answers ``query(vector, k)`` and
-``query_batch(vectors, k)`` with ``(ids, cosine scores)`` best first, and is saved with
+``query_batch(vectors, k)`` with ``(ids, cosine scores)`` best first, takes ``where=`` (a boolean
+mask over its positions) for filtered search, and is saved with
 ``save_index`` as ``index.json`` + ``index.npz`` (no pickle). ``load_index`` checks the format
 version and that the index was built from the embeddings it is given.
 """
@@ -22,6 +23,10 @@ import numpy as np
 from . import __version__, config
 from .artifacts import ArtifactError, read_meta
 
+#: A filter that lets fewer products than this through is searched exactly over them, whatever the
+#: index (as vector databases do): a hash or graph walk would mostly visit products it must discard,
+#: and 2,000 dot products cost about 0.1 ms.
+FILTER_EXACT_BELOW = 2000
 INDEX_FORMAT = "shopbot-index"
 INDEX_FORMAT_VERSION = 1
 
@@ -108,23 +113,61 @@ class Index:
             raise ValueError(f"query has {queries.shape[1]} dimensions, the index {self.vectors.shape[1]}")
         return l2_normalize(queries)
 
-    def query(self, vector: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, cosine scores)`` of the ``k`` nearest products to one vector, best first."""
-        ids, scores = self.query_batch(np.asarray(vector)[None, :], k)
+    def query(self, vector: np.ndarray, k: int = 5, where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, cosine scores)`` of the ``k`` nearest products to one vector, best first; with
+        ``where`` (a boolean mask over the index's positions) only among the products it lets through."""
+        ids, scores = self.query_batch(np.asarray(vector)[None, :], k, where)
         return ids[0], scores[0]
 
-    def query_batch(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, scores)``, each (n_queries, min(k, len)), best first."""
+    def query_batch(self, queries: np.ndarray, k: int = 5,
+                    where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)``, each (n_queries, min(k, len or products let through)), best first."""
         queries = self._check(queries, k)
-        k = min(k, len(self))
-        rows = [self._search(q, k) for q in queries]
+        if where is not None:
+            where = self._where(where)
+            allowed = np.flatnonzero(where)
+            k = min(k, len(allowed))
+            if k == 0 or len(allowed) < FILTER_EXACT_BELOW:
+                return self._exact_within(queries, allowed, k)
+            rows = [self._search_where(q, k, where, allowed) for q in queries]
+        else:
+            k = min(k, len(self))
+            rows = [self._search(q, k) for q in queries]
         if not rows:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return self.ids[np.stack([r[0] for r in rows])], np.stack([r[1] for r in rows])
 
+    def _where(self, where: np.ndarray) -> np.ndarray:
+        where = np.asarray(where)
+        if where.dtype != bool or where.shape != (len(self),):
+            raise ValueError(f"where must be a boolean mask of {len(self)} positions, got {where.dtype} {where.shape}")
+        return where
+
+    def _exact_within(self, queries: np.ndarray, allowed: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among the ``allowed`` positions (None: all), for every query."""
+        if k == 0:
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+        scores = queries @ (self.vectors if allowed is None else self.vectors[allowed]).T
+        top = _top_k(scores, k)
+        return self.ids[top if allowed is None else allowed[top]], np.take_along_axis(scores, top, axis=1)
+
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and scores of the top ``k`` for one normalised query."""
         raise NotImplementedError
+
+    def _search_where(self, q: np.ndarray, k: int, where: np.ndarray,
+                      allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` among ``where`` for one query (at least ``k`` are allowed). By default the
+        structure is asked for ever more neighbours, keeping those allowed (post-filtering), and the
+        search turns exact over ``allowed`` once it would visit a fifth of the index."""
+        want = 4 * k
+        while want < len(self) // 5:
+            pos, scores = self._search(q, want)
+            keep = where[pos]
+            if keep.sum() >= k:
+                return pos[keep][:k], scores[keep][:k]
+            want *= 4
+        return self._rerank(q, allowed, k)
 
     def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k among ``candidates`` (positions); all rows when there are fewer than ``k``."""
@@ -145,11 +188,13 @@ class ExactIndex(Index):
 
     kind = "exact"
 
-    def query_batch(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    def query_batch(self, queries: np.ndarray, k: int = 5,
+                    where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = self._check(queries, k)
-        scores = queries @ self.vectors.T
-        top = _top_k(scores, k)
-        return self.ids[top], np.take_along_axis(scores, top, axis=1)
+        if where is None:
+            return self._exact_within(queries, None, min(k, len(self)))
+        allowed = np.flatnonzero(self._where(where))
+        return self._exact_within(queries, allowed, min(k, len(allowed)))
 
 
 class LSHIndex(Index):
@@ -210,9 +255,9 @@ class LSHIndex(Index):
         codes = np.concatenate([code[:, None], code[:, None] ^ flips], axis=1)
         return codes + self._table_key[:, None]
 
-    def candidates(self, q: np.ndarray) -> np.ndarray:
-        """Positions of the products in the visited buckets: each once, at most ``max_candidates``
-        of them (those found in the most buckets)."""
+    def candidates(self, q: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Positions of the products in the visited buckets: each once, only those ``where`` lets
+        through, at most ``max_candidates`` of them (those found in the most buckets)."""
         keys = self.probe_keys(q).ravel()
         lo = np.searchsorted(self.keys, keys, "left")
         hi = np.searchsorted(self.keys, keys, "right")
@@ -222,12 +267,20 @@ class LSHIndex(Index):
         # All positions lo..hi-1 of every bucket, without a Python loop.
         starts = np.repeat(lo - np.cumsum(lengths) + lengths, lengths)
         found, counts = np.unique(self.order[starts + np.arange(lengths.sum())], return_counts=True)
+        if where is not None:
+            keep = where[found]
+            found, counts = found[keep], counts[keep]
         if 0 < self.max_candidates < len(found):
             found = found[np.argpartition(-counts, self.max_candidates - 1)[:self.max_candidates]]
         return found.astype(np.int64)
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self._rerank(q, self.candidates(q), k)
+
+    def _search_where(self, q: np.ndarray, k: int, where: np.ndarray,
+                      allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = self.candidates(q, where)  # filtered before the candidate cap
+        return self._rerank(q, found if len(found) >= k else allowed, k)
 
 
 class FaissIndex(Index):
@@ -258,7 +311,10 @@ class FaissIndex(Index):
 
         return {"serialized": faiss.serialize_index(self.faiss)}
 
-    def query_batch(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    def query_batch(self, queries: np.ndarray, k: int = 5,
+                    where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if where is not None:
+            return super().query_batch(queries, k, where)
         queries = self._check(queries, k)
         k = min(k, len(self))
         self.faiss.hnsw.efSearch = max(self.ef_search, k)
@@ -267,6 +323,19 @@ class FaissIndex(Index):
         for row in np.flatnonzero(missing):  # HNSW found fewer than k: rare, answer exactly
             pos[row], scores[row] = self._rerank(queries[row], np.zeros(0, np.int64), k)
         return self.ids[pos], scores
+
+    def _search_where(self, q: np.ndarray, k: int, where: np.ndarray,
+                      allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW that only returns allowed products (faiss's bitmap ID selector)."""
+        import faiss
+
+        bitmap = np.packbits(where, bitorder="little")
+        params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bitmap)),
+                                            efSearch=max(self.ef_search, k))
+        scores, pos = self.faiss.search(q[None, :], k, params=params)
+        if (pos < 0).any():  # the walk found fewer than k allowed: answer exactly
+            return self._rerank(q, allowed, k)
+        return pos[0], scores[0]
 
 
 class DatasketchIndex(Index):

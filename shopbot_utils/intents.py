@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from . import __version__, config
 from .config import logger
+from .search import parse_query
 from .text import Preprocessor, clean_text
 from .artifacts import ArtifactError, read_meta
 from .sentence import SCALE, SentenceEncoder
@@ -297,7 +297,7 @@ class IntentClassifier:
         (intent,), (conf,) = self.decide(self._proba(*self.inputs([text], [(tokens, english)])))
         if intent == OUT_OF_SCOPE:
             return Reply(intent, float(conf), FALLBACK_REPLY)
-        understood = understand_product(text) if intent == "product_search" else {}
+        understood = parse_query(text).understood() if intent == "product_search" else {}
         return Reply(intent, float(conf), self._rng.choice(self.responses[intent]), understood)
 
     # ---------------------------------------------------------------- persistence (no pickle)
@@ -554,61 +554,3 @@ def build_intents(artifacts: str | Path, intents_path: str | Path | None = None,
     training.curve.to_csv(out / "threshold_tradeoff.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return training, metrics
-
-
-# --------------------------------------------------------------------------- product understanding
-#: Words shoppers use for the Fashion-37 article types (singular; plurals are matched too).
-ARTICLE_WORDS = {
-    "Backpacks": ["backpack", "rucksack", "school bag"], "Belts": ["belt"], "Bra": ["bra"],
-    "Briefs": ["brief", "underwear", "boxer"], "Caps": ["cap", "hat"], "Casual Shoes": ["casual shoe", "sneaker"],
-    "Clutches": ["clutch"], "Deodorant": ["deodorant", "deo"], "Dresses": ["dress", "gown"],
-    "Earrings": ["earring"], "Flats": ["flat", "ballerina"], "Flip Flops": ["flip flop", "flip-flop", "slipper"],
-    "Formal Shoes": ["formal shoe", "oxford", "loafer", "derby"], "Handbags": ["handbag", "bag", "purse", "tote"],
-    "Heels": ["heel", "stiletto", "pump"], "Jackets": ["jacket", "coat", "blazer"], "Jeans": ["jean", "denim"],
-    "Kurtas": ["kurta", "kurti"], "Lipstick": ["lipstick"], "Nail Polish": ["nail polish", "nail paint"],
-    "Perfume and Body Mist": ["perfume", "body mist", "fragrance", "scent"], "Sandals": ["sandal"],
-    "Sarees": ["saree", "sari"], "Shirts": ["shirt"], "Shorts": ["short"], "Socks": ["sock"],
-    "Sports Shoes": ["sports shoe", "sport shoe", "running shoe", "trainer", "shoes for running"],
-    "Sunglasses": ["sunglass", "shades"], "Sweaters": ["sweater", "jumper", "pullover", "cardigan"],
-    "Sweatshirts": ["sweatshirt", "hoodie"], "Ties": ["tie"], "Tops": ["top", "blouse"],
-    "Track Pants": ["track pant", "jogger", "trackpant"], "Trousers": ["trouser", "pant", "chino"],
-    "Tshirts": ["t-shirt", "tshirt", "t shirt", "tee"], "Wallets": ["wallet"], "Watches": ["watch"],
-}
-COLOURS = ["navy blue", "black", "white", "blue", "brown", "grey", "red", "green", "pink", "silver",
-           "purple", "yellow", "beige", "gold", "maroon", "orange", "olive", "cream", "charcoal",
-           "peach", "off white", "khaki", "magenta", "teal", "turquoise blue", "tan", "lavender",
-           "mustard", "copper", "rust", "burgundy", "multi"]
-GENDERS = {"Men": ["men", "man", "male", "boy", "gents", "mens", "guy", "him"],
-           "Women": ["women", "woman", "female", "girl", "ladies", "lady", "womens", "her"]}
-
-
-def _phrase_pattern(words: Sequence[str]) -> re.Pattern:
-    alternatives = sorted((re.escape(w).replace(r"\ ", r"[\s-]?") for w in words), key=len, reverse=True)
-    return re.compile(r"\b(?:" + "|".join(alternatives) + r")(?:s|es)?\b")
-
-
-_ARTICLE_PATTERNS = {t: _phrase_pattern(w) for t, w in ARTICLE_WORDS.items()}
-_COLOUR_PATTERNS = {c: _phrase_pattern([c]) for c in COLOURS}
-_GENDER_PATTERNS = {g: _phrase_pattern(w) for g, w in GENDERS.items()}
-
-
-def understand_product(text: str) -> dict:
-    """Article types, colour and gender named in a product description (possessives ignored)."""
-    text = text.lower().replace("'s", "").replace("’s", "")
-    found = {}
-    spans = {t: [m.span() for m in p.finditer(text)] for t, p in _ARTICLE_PATTERNS.items()}
-    # A match inside a longer one is not a mention: "shirt" in "t-shirts", "bag" in "school bag".
-    inside = lambda a, b: a != b and b[0] <= a[0] and a[1] <= b[1]  # noqa: E731
-    others = [span for found_spans in spans.values() for span in found_spans]
-    types = [t for t, found_spans in spans.items()
-             if any(not any(inside(a, b) for b in others) for a in found_spans)]
-    if types:
-        found["articleType"] = types
-    colours = [c.title() for c, p in _COLOUR_PATTERNS.items() if p.search(text)]
-    colours = [c for c in colours if not any(c != o and c.lower() in o.lower() for o in colours)]
-    if colours:
-        found["baseColour"] = colours
-    genders = [g for g, p in _GENDER_PATTERNS.items() if p.search(text)]
-    if len(genders) == 1:
-        found["gender"] = genders[0]
-    return found

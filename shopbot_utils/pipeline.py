@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from .config import logger
 from .data import Catalogue, load_catalogue, load_split, make_split, save_split
 from .embed import embed_files, load_embeddings, save_embeddings
 from .index import DEFAULT_INDEX, Index, build_index, save_index
+from .search import TextSearch, build_name_embeddings, ids_sha256
 from .evaluate import ExactIndex, classification_metrics, confused_pairs, latency_ms, retrieval_metrics
 from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, create_model, load_model,
                      predict_proba, run_prefix, save_model, train_cached, train_full)
@@ -105,6 +108,10 @@ def embed_catalogue(artifacts: str | Path, catalogue: Catalogue, scope: str = "c
         if stale.exists():  # built from the old embeddings: notebook 04 builds it again
             stale.unlink()
             logger.info("removed %s (it indexed the previous embeddings)", stale)
+    search_meta = Path(artifacts) / "search" / "search.json"
+    if search_meta.is_file() and json.loads(search_meta.read_text()).get("ids_sha256") != ids_sha256(ids):
+        shutil.rmtree(search_meta.parent)  # for other products: notebook 06b builds it again
+        logger.info("removed %s (it searched the previous products)", search_meta.parent)
     if skipped:
         logger.warning("%d images could not be embedded (missing or unreadable): %s", len(skipped), skipped[:10])
     return {"embedded": int(len(ids)), "skipped": skipped, "dim": int(vectors.shape[1])}
@@ -117,6 +124,22 @@ def index_catalogue(artifacts: str | Path, kind: str = DEFAULT_INDEX, **params) 
     index = build_index(kind, vectors, ids, **params)
     save_index(index, artifacts)
     return index
+
+
+def build_text_search(artifacts: str | Path) -> dict:
+    """BM25 and the MiniLM name embeddings over ``products.csv``, saved to ``artifacts/search``
+    (what ``ShopBot.search`` loads); returns the build times."""
+    artifacts = Path(artifacts)
+    products = load_products(artifacts)
+    ids, _ = load_embeddings(artifacts)
+    start = time.perf_counter()
+    search = TextSearch(products.loc[ids])
+    bm25_s = time.perf_counter() - start
+    search.name_vectors = build_name_embeddings(search.products, search.encoder)
+    names_s = time.perf_counter() - start - bm25_s
+    search.save(artifacts / "search")
+    return {"products": len(search), "bm25_s": bm25_s, "name_embeddings_s": names_s,
+            "names_per_s": len(search) / names_s}
 
 
 def split_gallery(bot: ShopBot, split: pd.DataFrame) -> ExactIndex:
@@ -174,4 +197,5 @@ def build(artifacts: str | Path | None = None, source: str | Path | None = None,
     train_model(artifacts, catalogue, split, backbone=backbone, mode=mode, epochs=epochs)
     embed_catalogue(artifacts, catalogue, scope=scope)
     index_catalogue(artifacts)
+    build_text_search(artifacts)
     return evaluate_artifacts(artifacts, catalogue)

