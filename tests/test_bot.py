@@ -38,12 +38,14 @@ def test_classify_returns_all_classes_best_first(bot, catalogue):
 
 def test_similar_returns_products_best_first(bot, catalogue):
     pid = int(bot.index.ids[0])
-    found = bot.similar(catalogue.image_path(pid), k=5)
+    found = bot.similar(catalogue.image_path(pid), k=5, class_prior=0.0)  # plain cosine
     assert len(found) == 5 and all(isinstance(p, Product) for p in found)
     assert found[0].id == pid and found[0].score == pytest.approx(1, abs=1e-4)
+    with_prior = bot.similar(catalogue.image_path(pid), k=5)  # cosine + 0.02 log p(type): itself still first
+    assert with_prior[0].id == pid and [p.score for p in with_prior] == sorted((p.score for p in with_prior), reverse=True)
     assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
     assert set(found[0].as_dict()) == {"id", "articleType", "subCategory", "baseColour",
-                                        "productDisplayName", "score"}
+                                        "productDisplayName", "score", "gender", "usage"}
 
 
 def test_similar_searches_with_one_blas_thread(bot, catalogue, monkeypatch):
