@@ -110,7 +110,7 @@ def embed_catalogue(artifacts: str | Path, catalogue: Catalogue, scope: str = "c
             logger.info("removed %s (it indexed the previous embeddings)", stale)
     search_meta = Path(artifacts) / "search" / "search.json"
     if search_meta.is_file() and json.loads(search_meta.read_text()).get("ids_sha256") != ids_sha256(ids):
-        shutil.rmtree(search_meta.parent)  # for other products: notebook 06b builds it again
+        shutil.rmtree(search_meta.parent)  # for other products: build_text_search builds it again
         logger.info("removed %s (it searched the previous products)", search_meta.parent)
     if skipped:
         logger.warning("%d images could not be embedded (missing or unreadable): %s", len(skipped), skipped[:10])

@@ -6,7 +6,7 @@ shoppers use, British and American), colours (with shades), gender/age, usage an
 a time when nothing passes, and saying which), then ranks what passes by fusing BM25 over the
 product's name and attributes (``bm25s``) with the cosine of MiniLM embeddings of product names
 (the encoder the intents already ship), by reciprocal-rank fusion. The name embeddings are built
-once (``build_name_embeddings``, inside ``make run``) and saved with the encoder's hash.
+once (``pipeline.build_text_search``) and saved with the encoder's hash.
 """
 from __future__ import annotations
 
@@ -403,7 +403,7 @@ class TextSearch:
 
         folder = Path(folder)
         meta_path, data_path = folder / "search.json", folder / "name_embeddings.npz"
-        rebuild = "rebuild it with notebook 06b (or `make run`)"
+        rebuild = "rebuild it with shopbot_utils.pipeline.build_text_search (or `python -m shopbot_utils build`)"
         meta = read_meta(meta_path, data_path, SEARCH_FORMAT, SEARCH_FORMAT_VERSION,
                          f"no text search in {folder}: {rebuild}", rebuild)
         ids = products["id"].to_numpy(np.int64)

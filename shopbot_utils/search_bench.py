@@ -1,4 +1,4 @@
-"""Measuring text search and refinement (notebook 06b, ``benchmarks/bench_search.py``).
+"""Measuring text search and refinement (``benchmarks/bench_search.py``).
 
 No hand labels exist, so queries come from the catalogue's attribute groups (article type x colour x
 gender with at least ``MIN_GROUP`` products), worded three ways: the catalogue's own words, the

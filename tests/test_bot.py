@@ -120,3 +120,27 @@ def test_cli_similar_classify_and_errors(small_artifacts, catalogue, capsys, tmp
     not_image.write_text("shoes please")
     assert main(["--artifacts", folder, "similar", str(not_image)]) == 2
     assert "not an image" in capsys.readouterr().err
+
+
+def test_search_refine_and_more_like_this(bot):
+    """Text search, "like this, but in <colour>" and "more like this" on the small bot."""
+    found = bot.search("black casual shoes for men", k=5)
+    assert found and all(p.articleType == "Casual Shoes" and p.baseColour == "Black" for p in found)
+    assert found.understood["articleType"] == ["Casual Shoes"] and found.relaxed == []
+    anchor = int(bot.products[bot.products["articleType"] == "Tshirts"].index[0])
+    refined = bot.refine(anchor, "in black", k=3)
+    assert refined and all(p.articleType == "Tshirts" and p.baseColour == "Black" for p in refined)
+    more = bot.similar(anchor, k=5)
+    assert len(more) == 5 and anchor not in [p.id for p in more]  # never the product itself
+    filtered = bot.similar(anchor, k=5, where={"baseColour": "Black"})
+    assert all(p.baseColour == "Black" for p in filtered)
+    with pytest.raises(ValueError, match="no product with id"):
+        bot.similar(999_999_999)
+    with pytest.raises(ValueError, match="no product with id"):
+        bot.refine(999_999_999, "in black")
+
+
+def test_cli_search(small_artifacts, capsys):
+    assert main(["--artifacts", str(small_artifacts[0]), "search", "black casual shoes for men"]) == 0
+    out = capsys.readouterr().out
+    assert "understood: baseColour: Black; articleType: Casual Shoes; gender: Men" in out and "Casual Shoes" in out
