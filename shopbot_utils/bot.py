@@ -15,7 +15,7 @@ from .data import ImageInput, read_id_csv
 from .embed import embed_images, load_embeddings
 from .index import ExactIndex, Index, build_index, load_index, one_blas_thread
 from .intents import IntentClassifier, Reply
-from .search import Query, TextSearch, parse_query, with_gender
+from .search import Query, TextSearch, parse_query, relaxation_message, with_gender
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
 PRODUCT_COLUMNS = ["id", "articleType", "subCategory", "baseColour", "productDisplayName", "gender", "usage"]
@@ -51,9 +51,11 @@ class Results(list):
     sentence for the shopper (``message``: empty when everything asked for was found)."""
 
     def __init__(self, products=(), understood: dict | None = None, relaxed: list[str] | None = None,
-                 message: str = ""):
+                 message: str = "", query: Query | None = None):
         super().__init__(products)
         self.understood, self.relaxed, self.message = understood or {}, relaxed or [], message
+        #: The parsed request itself (what a conversation refines next).
+        self.query = query
 
 
 def save_products(folder: str | Path, styles: pd.DataFrame, ids: np.ndarray) -> Path:
@@ -145,7 +147,7 @@ class ShopBot:
         self._need_vision()
         return list(self.info.classes)
 
-    def ask(self, text: object) -> Reply:
+    def ask(self, text: object, k: int = 5) -> Reply:
         """Answer a shopper's message: ``Reply(intent, confidence, text, understood, products)``.
 
         Unsure (or empty, or not English) -> intent ``out_of_scope`` with a helpful fallback. For
@@ -158,7 +160,7 @@ class ShopBot:
             self.intents = IntentClassifier.load(self.folder / "intents")
         reply = self.intents.reply(text)
         if reply.intent == "product_search" and self.products is not None:
-            found = self.search(text, k=5)
+            found = self.search(text, k=k)
             reply.products, reply.understood = list(found), found.understood
             if found.message:
                 reply.text = found.message
@@ -180,16 +182,18 @@ class ShopBot:
                 self._text_search = TextSearch(products)
         return self._text_search
 
-    def search(self, text: object, k: int = 5) -> Results:
+    def search(self, text: object, k: int = 5, query: Query | None = None) -> Results:
         """Catalogue products for a shopper's words, best first: ``search("black heels for women")``.
 
         What was understood filters (type, colour, gender, usage, "not ..."); when nothing passes, one
         constraint at a time is dropped and ``.relaxed``/``.message`` say which. BM25 over the names and
         attributes and MiniLM name embeddings rank what passes (reciprocal-rank fusion; ``score``).
+        ``query``: constraints to use instead of parsing ``text`` (e.g. ``Query.then``'s refinement).
         """
-        found = self.text_search.search(text, k)
+        found = self.text_search.search(text, k, query=query)
         rows = self.products.loc[self.index.ids[found.positions]]
-        return Results(_products(rows, found.scores), found.query.understood(), found.relaxed, found.message)
+        return Results(_products(rows, found.scores), found.query.understood(), found.relaxed, found.message,
+                       found.query)
 
     def where_mask(self, where: dict | Query | np.ndarray | None) -> np.ndarray | None:
         """A boolean mask over the index's positions from ``{field: value or [values]}`` (fields
@@ -231,9 +235,13 @@ class ShopBot:
             return self.stored_embeddings([anchor])[0]
         return self.embed(self._prepared(anchor, remove_background))
 
+    def positions(self, ids: Sequence[int]) -> np.ndarray:
+        """Where products ``ids`` are in the index (rows of ``index.vectors``); KeyError for unknown ids."""
+        return self._position.loc[np.asarray(ids, dtype=np.int64)].to_numpy()
+
     def stored_embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """The saved (raw) embeddings of catalogue products."""
-        pos = self._position.loc[np.asarray(ids, dtype=np.int64)].to_numpy()
+        pos = self.positions(ids)
         return self.index.vectors[pos] * self.norms[pos, None]
 
     @staticmethod
@@ -293,12 +301,12 @@ class ShopBot:
         return _products(self.products.loc[ids], scores)
 
     def refine(self, anchor: ImageInput | int, text: str, k: int = 5, index: str | Index | None = None,
-               remove_background: bool | str = False) -> Results:
+               remove_background: bool | str = False, query: Query | None = None) -> Results:
         """"Like this, but in black": products that look like ``anchor`` (a photo or a product id) and
         have what ``text`` asks for. The anchor's article type is kept unless ``text`` names another;
         when nothing has it all, constraints are dropped one at a time (``.relaxed``, ``.message``)."""
         self._need_vision()
-        query = parse_query(text)
+        query = parse_query(text) if query is None else query
         if not _is_product_id(anchor):
             anchor, remove_background = self._prepared(anchor, remove_background), False
         if "articleType" not in query.include:
@@ -310,10 +318,7 @@ class ShopBot:
             query = Query(query.text, {"articleType": [kind], **query.include}, query.exclude)
         mask, relaxed = self.text_search.relaxed_mask(query)
         products = self.similar(anchor, k, index, where=mask, class_prior=0.0)  # the type is filtered
-        message = ""
-        if relaxed:
-            message = f"No {query.describe()} like this; here are {query.without(relaxed).describe()}."
-        return Results(products, query.understood(), relaxed, message)
+        return Results(products, query.understood(), relaxed, relaxation_message(query, relaxed, "like this"), query)
 
 
 def _is_product_id(anchor: object) -> bool:

@@ -144,16 +144,14 @@ def build_text_search(artifacts: str | Path) -> dict:
 
 def split_gallery(bot: ShopBot, split: pd.DataFrame) -> ExactIndex:
     """The poster's protocol's index: the bot's embeddings of the train+valid products only."""
-    pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
     gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
-    return ExactIndex(bot.index.vectors[pos.loc[gallery_ids].to_numpy()], gallery_ids)
+    return ExactIndex(bot.index.vectors[bot.positions(gallery_ids)], gallery_ids)
 
 
 def split_retrieval_metrics(bot: ShopBot, split: pd.DataFrame, k: int = 5) -> dict:
     """The poster's protocol: test-split embeddings query an index of the train+valid ones."""
-    pos = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
     test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
-    queries = bot.index.vectors[pos.loc[test_ids].to_numpy()]
+    queries = bot.index.vectors[bot.positions(test_ids)]
     return retrieval_metrics(split_gallery(bot, split), queries, test_ids, split.set_index("id"), k=k)
 
 

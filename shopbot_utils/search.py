@@ -185,6 +185,14 @@ class Query:
         keep = lambda d: {k: v for k, v in d.items() if k not in fields}  # noqa: E731
         return Query(self.text, keep(self.include), keep(self.exclude))
 
+    def then(self, later: "Query") -> "Query":
+        """This query refined by a later message ("heels for women", then "in black"): the later
+        message's constraints replace this one's on the fields it names; the others stay."""
+        named = set(later.include) | set(later.exclude)
+        keep = lambda d: {k: list(v) for k, v in d.items() if k not in named}  # noqa: E731
+        return Query(f"{self.text} {later.text}".strip(), {**keep(self.include), **later.include},
+                     {**keep(self.exclude), **later.exclude})
+
     def understood(self) -> dict:
         """``{field: [values]}`` and ``{"not " + field: [values]}``, for replies and the chat."""
         out = {k: list(v) for k, v in self.include.items()}
@@ -479,15 +487,17 @@ class TextSearch:
             return None
         return self.name_vectors @ _unit(self.encoder([text]))[0]
 
-    def search(self, text: object, k: int = 5, within: np.ndarray | None = None) -> SearchResult:
+    def search(self, text: object, k: int = 5, within: np.ndarray | None = None,
+               query: Query | None = None) -> SearchResult:
         """The ``k`` best products for ``text``: understood constraints filter, BM25 and name
-        embeddings rank (reciprocal-rank fusion). ``within``: a mask the results must also pass."""
+        embeddings rank (reciprocal-rank fusion). ``within``: a mask the results must also pass.
+        ``query``: the constraints to use instead of ``parse_query(text)`` (a conversation's context)."""
         from .text import clean_text
 
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
         text = clean_text(text)[:MAX_QUERY_CHARS]
-        query = parse_query(text)
+        query = parse_query(text) if query is None else query
         empty = np.zeros(0, np.int64)
         if not _TOKEN.search(text.lower()):
             return SearchResult(empty, np.zeros(0), query, message="Tell me what you are looking for, "
@@ -501,17 +511,18 @@ class TextSearch:
             return SearchResult(empty, np.zeros(0), query, message=f"I could not find products for "
                                 f"\"{text[:60]}\". Try a product type and a colour, e.g. \"blue jeans for men\".")
         positions, scores = _fuse(keep, bm25, dense, k, pad=bool(query.fields))
-        message = ""
-        if relaxed:
-            loose = query.without(relaxed)
-            message = (f"No {query.describe()} in the catalogue; here are {loose.describe()}"
-                       f" ({_relaxed_words(relaxed)}).")
-        return SearchResult(positions, scores, query, relaxed, message, int(keep.sum()))
+        return SearchResult(positions, scores, query, relaxed, relaxation_message(query, relaxed),
+                            int(keep.sum()))
 
 
-def _relaxed_words(fields: Sequence[str]) -> str:
+def relaxation_message(query: Query, relaxed: Sequence[str], where: str = "in the catalogue") -> str:
+    """What the reply says when constraints were dropped ("" when none was): "No Maroon Heels in
+    the catalogue; here are Heels (any colour)."."""
+    if not relaxed:
+        return ""
     words = {"usage": "any occasion", "baseColour": "any colour", "gender": "anyone's", "articleType": "any type"}
-    return ", ".join(words[f] for f in fields)
+    return (f"No {query.describe()} {where}; here are {query.without(relaxed).describe()}"
+            f" ({', '.join(words[f] for f in relaxed)}).")
 
 
 def _ranks(scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:

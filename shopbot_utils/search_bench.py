@@ -206,13 +206,17 @@ def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.nda
     return out
 
 
-def text_search_report(search: TextSearch, classes: Sequence[str], halves: Sequence[str] = ("dev", "test")) -> pd.DataFrame:
-    """Every ranker on every wording and half of the groups: one row each."""
-    groups = query_groups(search.products, classes)
+def text_search_report(search: TextSearch, classes: Sequence[str], halves: Sequence[str] = ("dev", "test"),
+                       min_size: int = MIN_GROUP, max_queries: int | None = None) -> pd.DataFrame:
+    """Every ranker on every wording and half of the groups: one row each (none when no group has
+    ``min_size`` products). ``max_queries``: the first groups of each half only (quick runs)."""
+    groups = query_groups(search.products, classes, min_size)
     rows = []
     for wording in ("catalogue", "synonyms", "kept_apart"):
         for half in halves:
-            part = groups[groups["half"] == half].reset_index(drop=True)
+            part = groups[groups["half"] == half].reset_index(drop=True).head(max_queries)
+            if part.empty:
+                continue
             queries = word_queries(part, wording)
             for name, rank in rankers(search).items():
                 rows.append({"wording": wording, "half": half, "ranker": name,
@@ -222,9 +226,9 @@ def text_search_report(search: TextSearch, classes: Sequence[str], halves: Seque
 
 # --------------------------------------------------------------------------- refinement
 def refinement_cases(products: pd.DataFrame, classes: Sequence[str], n: int = 200, seed: int = config.SEED,
-                     candidates: np.ndarray | None = None) -> pd.DataFrame:
+                     candidates: np.ndarray | None = None, min_size: int = MIN_GROUP) -> pd.DataFrame:
     """(anchor id, asked colour) pairs: anchors drawn from ``candidates`` (ids; default every product of
-    the classes), each asking for another colour that at least 5 products of its type have."""
+    the classes), each asking for another colour that at least ``min_size`` products of its type have."""
     rng = np.random.default_rng(seed)
     pool = products[products["articleType"].isin(classes)]
     if candidates is not None:
@@ -234,13 +238,13 @@ def refinement_cases(products: pd.DataFrame, classes: Sequence[str], n: int = 20
     for i in rng.permutation(len(pool)):
         anchor = pool.iloc[i]
         options = [c for (t, c), size in colours.loc[[anchor.articleType]].items()
-                   if size >= MIN_GROUP and c != anchor.baseColour and c in COLOUR_WORDS]
+                   if size >= min_size and c != anchor.baseColour and c in COLOUR_WORDS]
         if options:
             rows.append({"id": int(anchor.id), "articleType": anchor.articleType, "from": anchor.baseColour,
                          "colour": options[rng.integers(len(options))]})
         if len(rows) == n:
             break
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["id", "articleType", "from", "colour"])
 
 
 def refinement_report(bot, cases: pd.DataFrame, k: int = 5) -> pd.DataFrame:
@@ -248,7 +252,8 @@ def refinement_report(bot, cases: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     colour, the share of results in it, of the anchor's type, their mean image cosine to the anchor,
     and the time per query."""
     products = bot.products
-    position = pd.Series(np.arange(len(bot.index.ids)), index=bot.index.ids)
+    if cases.empty:
+        return pd.DataFrame()
 
     def first_rows(case) -> list[int]:
         rows = products[(products["articleType"] == case.articleType) & (products["baseColour"] == case.colour)]
@@ -269,8 +274,8 @@ def refinement_report(bot, cases: pd.DataFrame, k: int = 5) -> pd.DataFrame:
             all_colour.append(bool(len(ids) == k and in_colour.all()))
             colour_share.append(in_colour.mean() if len(ids) else 0.0)
             type_share.append((rows["articleType"] == case.articleType).mean() if len(ids) else 0.0)
-            anchor = bot.index.vectors[position[case.id]]
-            cosine.append(float((bot.index.vectors[position.loc[ids].to_numpy()] @ anchor).mean()) if ids else 0.0)
+            anchor = bot.index.vectors[bot.positions([case.id])[0]]
+            cosine.append(float((bot.index.vectors[bot.positions(ids)] @ anchor).mean()) if ids else 0.0)
         out.append({"method": name, "cases": len(cases), "top5_all_asked_colour": float(np.mean(all_colour)),
                     "asked_colour_share": float(np.mean(colour_share)), "same_type_share": float(np.mean(type_share)),
                     "mean_image_cosine": float(np.mean(cosine)), "p50_ms": float(np.percentile(times, 50) * 1e3),
