@@ -77,3 +77,19 @@ def random_image(size=(60, 80), mode="RGB", seed=0) -> Image.Image:
     channels = {"RGB": 3, "RGBA": 4, "CMYK": 4}.get(mode)
     shape = (size[1], size[0], channels) if channels else (size[1], size[0])
     return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+
+
+@pytest.fixture(scope="session")
+def chat_artifacts(tmp_path_factory, small_artifacts):
+    """The small bot's artifacts plus an intent model (the patterns alone, 40 epochs) and the text
+    search: everything the chat uses."""
+    import shutil
+
+    from shopbot_utils.intents import build_intents
+    from shopbot_utils.pipeline import build_text_search
+
+    folder = tmp_path_factory.mktemp("chat") / "artifacts"
+    shutil.copytree(small_artifacts[0], folder)
+    build_intents(folder, bitext=None, clinc=None, baseline=False)
+    build_text_search(folder)
+    return folder

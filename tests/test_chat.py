@@ -1,0 +1,186 @@
+"""The chat's conversation logic (shopbot_utils.chat) on the small test artifacts, without widgets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import image_bytes, random_image
+from shopbot_utils.chat import EXAMPLE_PHOTO, MAX_RESULTS, PAGE, START_OVER, STARTERS, Conversation, Thumbnails
+
+
+@pytest.fixture(scope="module")
+def chat_bot(chat_artifacts):
+    from shopbot_utils import ShopBot
+
+    return ShopBot.load(chat_artifacts)
+
+
+@pytest.fixture
+def chat(chat_bot, catalogue, tmp_path):
+    return Conversation(chat_bot, catalogue=catalogue, feedback_log=tmp_path / "feedback.jsonl")
+
+
+def _photo(catalogue, chat_bot, article_type: str) -> tuple[int, bytes]:
+    pid = int(chat_bot.products[chat_bot.products["articleType"] == article_type].index[0])
+    return pid, catalogue.image_path(pid).read_bytes()
+
+
+def test_greeting_offers_examples_and_an_example_photo(chat):
+    assert len(chat.turns) == 1
+    hello = chat.turns[0]
+    assert hello.role == "bot" and hello.kind == "greeting" and "photo" in hello.text
+    assert hello.quick_replies == list(STARTERS) and EXAMPLE_PHOTO in hello.quick_replies
+    split_test = chat.example_id
+    assert split_test is not None and chat_bot_article(chat, split_test).endswith("Shoes")
+
+
+def chat_bot_article(chat, pid):
+    return chat.bot.products.loc[pid, "articleType"]
+
+
+def test_questions_get_intent_answers(chat):
+    turn = chat.send("How much is shipping?")
+    assert turn.role == "bot" and turn.kind == "answer" and turn.text and not turn.products
+    assert turn.intent not in ("", "product_search")
+    assert [t.role for t in chat.turns] == ["bot", "shopper", "bot"]
+    assert chat.turns[1].text == "How much is shipping?"
+    assert "How much is shipping?" not in turn.quick_replies  # what was asked is not offered again
+
+
+def test_text_search_then_refinement_keeps_the_context(chat):
+    first = chat.send("casual shoes for men")
+    assert first.kind == "products" and 0 < len(first.products) <= PAGE
+    assert all(p.articleType == "Casual Shoes" for p in first.products)
+    assert START_OVER in first.quick_replies and any(c.startswith("in ") for c in first.quick_replies)
+    black = chat.send("in black")
+    assert black.kind == "products" and black.products
+    assert all(p.articleType == "Casual Shoes" and p.baseColour == "Black" for p in black.products)
+    assert all(p.gender == "Men" for p in black.products) or "anyone's" in black.text
+    # a new type with no pointer back at the results is a new search, not a refinement
+    heels = chat.send("heels for women")
+    assert all(p.articleType == "Heels" for p in heels.products)
+
+
+def test_photo_search_shows_the_cutout_then_refines_those_results(chat, chat_bot, catalogue):
+    pid, data = _photo(catalogue, chat_bot, "Tshirts")
+    turn = chat.send(photo=data, filename="shirt.jpg", remove_background=True)
+    assert turn.kind == "products" and turn.similarity and len(turn.products) == PAGE
+    assert turn.photo is not None and Image.open(__import__("io").BytesIO(turn.photo)).format == "JPEG"
+    shopper = chat.turns[-2]
+    assert shopper.role == "shopper" and shopper.filename == "shirt.jpg" and shopper.photo is not None
+    assert len(shopper.photo) < len(data) * 4  # a thumbnail, not the upload
+    refined = chat.send("in black")
+    assert refined.products and all(p.baseColour == "Black" for p in refined.products)
+    kind = max({p.articleType for p in turn.products}, key=[p.articleType for p in turn.products].count)
+    assert all(p.articleType == kind for p in refined.products)
+
+
+def test_photo_with_text_refines_at_once_and_without_background_removal(chat, chat_bot, catalogue):
+    _, data = _photo(catalogue, chat_bot, "Tshirts")
+    turn = chat.send("these in white", photo=data, filename="a.png", remove_background=False)
+    assert turn.photo is None and turn.products and all(p.baseColour == "White" for p in turn.products)
+
+
+def test_more_like_this_and_show_more(chat, chat_bot):
+    pid = int(chat_bot.products[chat_bot.products["articleType"] == "Watches"].index[0])
+    more = chat.more_like_this(pid)
+    assert more.kind == "products" and pid not in [p.id for p in more.products]
+    assert chat.turns[-2].text.startswith("More like this: ")
+    assert more.more
+    page2 = chat.show_more()
+    assert page2.products and not {p.id for p in page2.products} & {p.id for p in more.products}
+    assert pid not in [p.id for p in page2.products]
+    again = chat.send("more like this")
+    assert again.kind == "products" and pid not in [p.id for p in again.products]
+    missing = chat.more_like_this(999_999_999)
+    assert missing.kind == "error" and "no product" in missing.text
+
+
+def test_show_more_stops_at_the_end(chat):
+    chat.send("casual shoes for men")
+    seen, turn = 0, None
+    for _ in range(MAX_RESULTS // PAGE + 2):
+        turn = chat.show_more()
+        if turn.kind != "products":
+            break
+        seen += len(turn.products)
+    assert turn.kind == "answer" and seen <= MAX_RESULTS
+
+
+def test_new_chat_and_start_over_clear_history_and_context(chat):
+    chat.send("casual shoes for men")
+    greeting = chat.new_chat()
+    assert chat.turns == [greeting] and greeting.kind == "greeting"
+    after = chat.send("in black")  # no results on screen: nothing to refine
+    assert after.kind in ("products", "answer")
+    assert not (after.kind == "products" and all(p.articleType == "Casual Shoes" for p in after.products))
+    chat.send("casual shoes for men")
+    reset = chat.send("start over")
+    assert chat.turns == [reset] and reset.kind == "greeting"
+    assert chat.quick_reply(START_OVER).kind == "greeting" and len(chat.turns) == 1
+
+
+def test_quick_replies_and_the_example_photo(chat):
+    answer = chat.quick_reply("Track my order")
+    assert answer.kind == "answer" and chat.turns[-2].text == "Track my order"
+    photo = chat.quick_reply(EXAMPLE_PHOTO)
+    assert photo.kind == "products" and photo.photo is not None
+    assert chat.turns[-2].filename.startswith("example photo")
+
+
+def test_feedback_is_appended_as_json_lines(chat):
+    answer = chat.send("How much is shipping?")
+    found = chat.send("casual shoes for men")
+    chat.feedback(answer.id, "up")
+    record = chat.feedback(found.id, "down")
+    lines = [json.loads(line) for line in chat.feedback_log.read_text().splitlines()]
+    assert [r["verdict"] for r in lines] == ["up", "down"] and lines[1] == record
+    assert lines[0]["asked"]["text"] == "How much is shipping?" and lines[0]["answered"]["text"] == answer.text
+    assert lines[1]["answered"]["products"] == [p.id for p in found.products]
+    with pytest.raises(ValueError, match="verdict"):
+        chat.feedback(answer.id, "meh")
+    with pytest.raises(ValueError, match="no bot turn"):
+        chat.feedback(10_000, "up")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"text": ""}, "Type a question"),
+    ({"text": "   "}, "Type a question"),
+    ({"text": "x" * 10_000}, "10,000 characters"),
+    ({"photo": b""}, "empty"),
+    ({"photo": b"%PDF-1.4 not a photo"}, "not an image"),
+    ({"photo": "truncated"}, "truncated or corrupt"),
+    ({"photo": "huge"}, "too large"),
+    ({"photo": b"\0" * (50 * 2**20)}, "50.0 MB"),
+])
+def test_bad_input_is_a_chat_message_and_the_chat_goes_on(chat, kwargs, message):
+    if kwargs.get("photo") == "truncated":
+        kwargs["photo"] = image_bytes(random_image((300, 300)))[:2000]
+    elif kwargs.get("photo") == "huge":
+        kwargs["photo"] = image_bytes(Image.new("1", (20000, 20000)), "PNG")
+    turn = chat.send(filename="bad.bin", **kwargs)
+    assert turn.role == "bot" and turn.kind == "error" and message in turn.text
+    assert chat.send("How much is shipping?").kind == "answer"
+
+
+def test_odd_text_gets_an_answer(chat):
+    for text in ("\U0001f600\U0001f600", "¿Dónde está mi pedido?", "\x00\x01binary\xff", "<script>alert(1)</script>"):
+        turn = chat.send(text)
+        assert turn.role == "bot" and turn.kind in ("answer", "products", "error") and turn.text
+
+
+def test_thumbnails_are_made_once_and_cached_on_disk(catalogue, chat_bot, tmp_path):
+    pid = int(chat_bot.products.index[0])
+    calls = []
+
+    def path(i):
+        calls.append(i)
+        return catalogue.image_path(i)
+    thumbs = Thumbnails(path, tmp_path / "thumbs")
+    first = thumbs(pid)
+    assert first and Image.open(__import__("io").BytesIO(first)).size[0] <= 160
+    assert thumbs(pid) is first and calls == [pid]
+    assert Thumbnails(None, tmp_path / "thumbs")(pid) == first  # the next session reads the file
+    assert Thumbnails(path, None)(123_456_789) is None  # a missing image: no picture, no exception
