@@ -24,7 +24,8 @@ export PYTHONUNBUFFERED := 1
 # Long steps print text progress bars, which papermill --log-output shows live.
 export SHOPBOT_PROGRESS ?= text
 
-.PHONY: run test env data notebooks clean
+.PHONY: run test env data notebooks clean demo lab
+DEMO_PORT ?= 8866
 
 env: $(VENV)/.installed
 
@@ -50,6 +51,16 @@ run: data notebooks
 
 test: env
 	$(PY) -m pytest
+
+# The chat (notebook 08) as a web page for people who do not use Jupyter; needs `make run` first.
+demo: env
+	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
+	@echo "ShopBot chat: open http://127.0.0.1:$(DEMO_PORT)/ in a browser (Ctrl-C stops it)"
+	$(VENV)/bin/voila notebooks/08_chat_demo.ipynb --no-browser --port=$(DEMO_PORT) --Voila.ip=127.0.0.1
+
+# JupyterLab on the course's notebooks.
+lab: env
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
 
 clean:
 	rm -rf $(ARTIFACTS) data/cache

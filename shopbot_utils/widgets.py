@@ -21,6 +21,10 @@ CSS = """
 .shopbot-app { max-width: 880px; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
 .shopbot-header { align-items: center; justify-content: space-between; border-bottom: 1px solid #ddd; padding: 4px 8px; }
 .shopbot-scroll { border: 1px solid #ddd; border-radius: 8px; background: #fafafa; }
+/* the history grows and scrolls: nothing in it may shrink to fit the box */
+.shopbot-turns, .shopbot-turns > *, .shopbot-bubble > *, .shopbot-card > * { flex: 0 0 auto !important; overflow: visible !important; }
+.shopbot-bubble { overflow: visible !important; }
+.shopbot-turns .widget-html, .shopbot-turns .widget-html-content { height: auto; line-height: normal; }
 .shopbot-row { width: 100%; margin: 6px 0; align-items: flex-start; }
 .shopbot-row-shopper { justify-content: flex-end; }
 .shopbot-avatar { flex: 0 0 auto; }
@@ -29,6 +33,8 @@ CSS = """
 .shopbot-face-bot { background: #35618f; }
 .shopbot-face-shopper { background: #6b6b6b; }
 .shopbot-bubble { max-width: 78%; padding: 6px 10px; border-radius: 12px; }
+.shopbot-bubble-wide { max-width: calc(100% - 60px); }
+button.shopbot-thumb { font-size: 11px; height: 24px; color: #444; }
 .shopbot-bubble-bot { background: #fff; border: 1px solid #d9d9d9; border-top-left-radius: 2px; }
 .shopbot-bubble-shopper { background: #dcebfb; border: 1px solid #b9d3ef; border-top-right-radius: 2px; }
 .shopbot-bubble-error { background: #fff6e5; border: 1px solid #e0b45c; }
@@ -75,6 +81,7 @@ class ChatApp:
         header.add_class("shopbot-header")
 
         self.turns = w.VBox(layout=w.Layout(width="100%"))
+        self.turns.add_class("shopbot-turns")
         # A scroll box laid out bottom-up keeps the newest turn in view without any JavaScript.
         self.scroll = w.Box([self.turns], layout=w.Layout(height=height, overflow_y="auto", display="flex",
                                                           flex_flow="column-reverse", padding="6px"))
@@ -86,9 +93,11 @@ class ChatApp:
         self.send_button = w.Button(description="Send", icon="paper-plane", button_style="primary",
                                     tooltip="Send the message (Enter)")
         self.send_button.on_click(lambda _: self.submit())
+        self.send_button.add_class("shopbot-send")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Photo", icon="camera",
                                    tooltip="Choose a photo of a product to find similar ones")
         self.upload.observe(self._on_upload, "value")
+        self.upload.add_class("shopbot-photo")
         self.remove_background = w.Checkbox(value=True, description="Remove background", indent=False,
                                             tooltip="Cut the product out of the photo before searching (best for photos "
                                                     "taken in the wild)", layout=w.Layout(width="auto"))
@@ -215,6 +224,8 @@ class ChatApp:
         bubble.add_class(f"shopbot-bubble-{turn.role}")
         if turn.kind == "error":
             bubble.add_class("shopbot-bubble-error")
+        if turn.products:
+            bubble.add_class("shopbot-bubble-wide")
         avatar = w.HTML(f'<span class="shopbot-face shopbot-face-{turn.role}" title="{name}">{"You" if shopper else "SB"}</span>')
         avatar.add_class("shopbot-avatar")
         row = w.HBox([bubble, avatar] if shopper else [avatar, bubble])
@@ -253,8 +264,11 @@ class ChatApp:
         return card
 
     def _thumbs(self, turn: Turn) -> w.Widget:
-        up = w.Button(description="\U0001f44d", tooltip="This answer was helpful", layout=w.Layout(width="44px"))
-        down = w.Button(description="\U0001f44e", tooltip="This answer was not helpful", layout=w.Layout(width="44px"))
+        up = w.Button(description="Helpful", icon="thumbs-up", tooltip="This answer was helpful", layout=w.Layout(width="auto"))
+        down = w.Button(description="Not helpful", icon="thumbs-down", tooltip="This answer was not helpful",
+                        layout=w.Layout(width="auto"))
+        up.add_class("shopbot-thumb")
+        down.add_class("shopbot-thumb")
         box = w.HBox([up, down])
 
         def vote(verdict):
