@@ -147,19 +147,19 @@ class ShopBot:
         self._need_vision()
         return list(self.info.classes)
 
-    def ask(self, text: object, k: int = 5) -> Reply:
+    def ask(self, text: object, k: int = 5, search: bool = True) -> Reply:
         """Answer a shopper's message: ``Reply(intent, confidence, text, understood, products)``.
 
         Unsure (or empty, or not English) -> intent ``out_of_scope`` with a helpful fallback. For
         ``product_search`` the reply says what was understood and, with a catalogue loaded, lists
-        up to 5 matching products.
+        up to ``k`` matching products (``search=False``: none, for a caller that searches itself).
         """
         if self.intents is None:
             if self.folder is None or not (self.folder / "intents").is_dir():
                 raise ArtifactError(f"no intent model in {self.folder}: run notebook 06 (or `make run`)")
             self.intents = IntentClassifier.load(self.folder / "intents")
         reply = self.intents.reply(text)
-        if reply.intent == "product_search" and self.products is not None:
+        if reply.intent == "product_search" and self.products is not None and search:
             found = self.search(text, k=k)
             reply.products, reply.understood = list(found), found.understood
             if found.message:

@@ -36,6 +36,11 @@ MAX_MESSAGE_CHARS = 1000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Thumbnails are this many pixels on their longer side (product cards, the shopper's photo).
 THUMB_PX = 160
+#: ISNet's working size in the chat. 768 px (the library's default) cuts out best (mean IoU 0.87 on
+#: notebook 05's pasted photos) but took 1.1 s a photo here, 3.1 s end to end in the browser test; 512
+#: px (IoU 0.78) keeps a photo turn within the 1.5 s a shopper waits. ``Conversation(background=...)``
+#: takes any backend or name.
+CHAT_ISNET_SIZE = 512
 EXAMPLE_PHOTO = "Find shoes like mine"
 START_OVER = "Start over"
 #: What a first-time shopper can try (the greeting's chips).
@@ -126,8 +131,9 @@ class Conversation:
     photo the "Find shoes like mine" chip sends (default: a test-split shoe)."""
 
     def __init__(self, bot: ShopBot, catalogue=None, feedback_log: str | Path | None = None,
-                 thumbnails: Thumbnails | None = None, example_id: int | None = None):
+                 thumbnails: Thumbnails | None = None, example_id: int | None = None, background=None):
         self.bot = bot
+        self._background = background
         folder = bot.folder or Path(".")
         self.feedback_log = Path(feedback_log) if feedback_log is not None else folder / "feedback.jsonl"
         if catalogue is None:
@@ -140,6 +146,24 @@ class Conversation:
         self._next_id = 0
         self._last_similarity = False
         self.new_chat()
+
+    @property
+    def background(self):
+        """The background-removal backend (default: ISNet at ``CHAT_ISNET_SIZE``, else GrabCut)."""
+        if self._background is None or isinstance(self._background, str):
+            from .background import get_backend
+
+            name = self._background or "auto"
+            self._background = get_backend(name, size=CHAT_ISNET_SIZE) if name in ("auto", "isnet") else get_backend(name)
+        return self._background
+
+    def warm_up(self) -> float:
+        """Load every model a first turn would wait for (intents, MiniLM, the background model); seconds."""
+        start = time.perf_counter()
+        self.bot.ask("hello")
+        self.bot.search("shoes", 1)
+        _ = self.background
+        return time.perf_counter() - start
 
     # ------------------------------------------------------------------ what the shopper does
     def send(self, text: str = "", photo: bytes | None = None, filename: str = "",
@@ -253,7 +277,7 @@ class Conversation:
         query = parse_query(stripped)
         if self._context is not None and self._refines(stripped, query):
             return self._refine(stripped, query)
-        reply = self.bot.ask(stripped, k=PAGE)
+        reply = self.bot.ask(stripped, search=False)  # _search finds the products, with the context
         if reply.intent == "product_search" or (reply.intent == "out_of_scope" and "articleType" in query.include):
             return self._search(stripped)
         return self._answer_text(reply.text, intent=reply.intent)
@@ -269,7 +293,7 @@ class Conversation:
             image = load_image(photo)
         except ImageError as exc:
             return self._error(f"I could not use that file as a photo: {exc}.")
-        prepared = prepare_query(image, "auto") if remove_background else image
+        prepared = prepare_query(image, self.background) if remove_background else image
         query = parse_query(text)
         self._context = {"anchor": prepared, "query": query}
         cutout = thumbnail_jpeg(prepared, 2 * THUMB_PX) if remove_background else None
@@ -280,6 +304,8 @@ class Conversation:
             turn = self._products(lambda k: self.bot.similar(prepared, k), "Here are the products most like your photo",
                                   intro_from_results=True)
         turn.photo = cutout
+        if turn.products:  # "in black" keeps the type the reply named ("they look like ...")
+            self._context["kind"] = Counter(p.articleType for p in turn.products).most_common(1)[0][0]
         return turn
 
     def _refines(self, text: str, query: Query) -> bool:
@@ -296,6 +322,8 @@ class Conversation:
         anchor = context["anchor"]
         if anchor is None:  # a text search: search again with the combined constraints
             return self._search(combined.text, combined)
+        if "articleType" not in combined.include and context.get("kind"):
+            combined = Query(combined.text, {"articleType": [context["kind"]], **combined.include}, combined.exclude)
         return self._products(lambda k: self.bot.refine(anchor, text, k, query=combined), "Here you are",
                               intro_from_results=True)
 
