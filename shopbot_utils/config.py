@@ -58,6 +58,11 @@ def _env_or_shared(name: str, shared_path: str) -> Path | None:
     return path if path.exists() else None
 
 
+def chromium_path() -> Path:
+    """The browser the chat's browser test drives (``SHOPBOT_CHROMIUM``, default Debian's ``/usr/bin/chromium``)."""
+    return _env_path("SHOPBOT_CHROMIUM") or Path("/usr/bin/chromium")
+
+
 def intents_file() -> Path:
     """The intents JSON (``SHOPBOT_INTENTS``, default ``data/intents.json``)."""
     return _env_path("SHOPBOT_INTENTS") or ROOT / "data" / "intents.json"

@@ -233,3 +233,44 @@ def background_grid(rows: Sequence[tuple], catalogue: Catalogue) -> matplotlib.f
             titles.append(f"{p.articleType}\n{p.score:.2f}")
             colors.append("green" if p.articleType == label else "firebrick")
     return _show_images(images, titles, cols=3 + max(len(r[4]) for r in rows), size=1.05, colors=colors)
+
+
+def text_search_rankers(report: pd.DataFrame, half: str = "test") -> matplotlib.figure.Figure:
+    """P@5 (with 95% bootstrap intervals) of each text ranker, for the catalogue's own wording and
+    the kept-apart one (``search_bench.text_search_report``'s rows of one half)."""
+    rows = report[(report["half"] == half) & report["wording"].isin(["catalogue", "kept_apart"])]
+    rankers = list(dict.fromkeys(rows["ranker"]))
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.55 * len(rankers)))
+    y = np.arange(len(rankers))
+    for offset, (wording, colour) in zip((-0.2, 0.2), (("catalogue", "#bbbbbb"), ("kept_apart", "#4c72b0"))):
+        part = rows[rows["wording"] == wording].set_index("ranker").reindex(rankers)
+        lo, hi = zip(*[ci if isinstance(ci, (tuple, list)) else (np.nan, np.nan) for ci in part["p_at_5_ci"]])
+        err = np.abs(np.array([part["p_at_5"] - np.array(lo), np.array(hi) - part["p_at_5"]]))
+        ax.barh(y + offset, part["p_at_5"], 0.4, xerr=err, color=colour, capsize=2,
+                label=f"{wording.replace('_', '-')} wording")
+        for yi, value in zip(y + offset, part["p_at_5"]):
+            ax.text(min(value, 1) + 0.01, yi, f"{value:.2f}", va="center", fontsize=8)
+    ax.set_yticks(y, rankers)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel(f"P@5 ({half} half of the attribute groups; bars: 95% bootstrap interval)")
+    ax.set_title("Text search: share of the top 5 that match every asked attribute")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def search_examples(queries: Sequence[str], results: Sequence[Sequence], catalogue: Catalogue) -> matplotlib.figure.Figure:
+    """Each text query (left) beside its results: thumbnail, type, colour and gender."""
+    k = max([len(r) for r in results] + [1])
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.25, len(queries) * 1.75), squeeze=False)
+    for row, (text, found) in enumerate(zip(queries, results)):
+        for ax in axes[row]:
+            ax.axis("off")
+        axes[row, 0].text(0.5, 0.5, f"\u201c{text}\u201d", ha="center", va="center", wrap=True, fontsize=8,
+                          fontweight="bold", transform=axes[row, 0].transAxes)
+        for col, product in enumerate(found, start=1):
+            axes[row, col].imshow(Image.open(catalogue.image_path(product.id)).convert("RGB"))
+            axes[row, col].set_title(f"{product.articleType}\n{product.baseColour} {product.gender}".strip(), fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -481,11 +481,19 @@ class TextSearch:
             return np.zeros(len(self), np.float32)
         return np.asarray(self.bm25.get_scores(words), dtype=np.float32)
 
-    def dense_scores(self, text: str) -> np.ndarray | None:
-        """Cosine between the query's MiniLM embedding and every product name (None without them)."""
+    def dense_scores(self, text: str, keep: np.ndarray | None = None) -> np.ndarray | None:
+        """Cosine between the query's MiniLM embedding and every product name (None without them).
+        With ``keep`` (a mask), only those products are scored (the others get -inf): a filter that
+        lets a few hundred products through costs a few hundred dot products, not 40,000."""
         if self.name_vectors is None:
             return None
-        return self.name_vectors @ _unit(self.encoder([text]))[0]
+        query = _unit(self.encoder([text]))[0]
+        if keep is None or keep.mean() > 0.5:
+            return self.name_vectors @ query
+        scores = np.full(len(self), -np.inf, np.float32)
+        allowed = np.flatnonzero(keep)
+        scores[allowed] = self.name_vectors[allowed] @ query
+        return scores
 
     def search(self, text: object, k: int = 5, within: np.ndarray | None = None,
                query: Query | None = None) -> SearchResult:
@@ -506,7 +514,7 @@ class TextSearch:
         if within is not None:
             keep = keep & within
         bm25 = self.bm25_scores(text, query)
-        dense = self.dense_scores(text)
+        dense = self.dense_scores(text, keep if query.fields or within is not None else None)
         if not query.fields and not (bm25 > 0).any() and (dense is None or dense.max() < MIN_DENSE_COSINE):
             return SearchResult(empty, np.zeros(0), query, message=f"I could not find products for "
                                 f"\"{text[:60]}\". Try a product type and a colour, e.g. \"blue jeans for men\".")

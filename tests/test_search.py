@@ -224,3 +224,11 @@ def test_query_dataclass_describes_and_drops():
     assert query.describe() == "Maroon Heels for Women, not Party"
     assert query.without(["baseColour"]).include == {"articleType": ["Heels"], "gender": ["Women"]}
     assert query.fields == ["usage", "baseColour", "gender", "articleType"]
+
+
+def test_dense_scores_inside_a_filter_are_the_full_scores_there(tiny_search):
+    keep = np.zeros(len(tiny_search), bool)
+    keep[::3] = True
+    full = tiny_search.dense_scores("black stiletto heels")
+    part = tiny_search.dense_scores("black stiletto heels", keep)
+    assert np.allclose(part[keep], full[keep], atol=1e-6) and np.isneginf(part[~keep]).all()

@@ -1,0 +1,136 @@
+"""The chat in a real browser: Voilà serving notebook 08 on 127.0.0.1 and Playwright driving Debian's
+chromium on a closed network. Used by ``tests/test_browser.py`` and ``benchmarks/bench_chat.py``."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+from . import config
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "08_chat_demo.ipynb"
+#: Debian's chromium (``apt-get install chromium``); Playwright cannot download its own here.
+CHROMIUM = config.chromium_path()
+#: A closed network: no background traffic, sync, updates or first-run UI.
+QUIET_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-default-apps", "--disable-domain-reliability", "--metrics-recording-only",
+               "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+def browser_problem() -> str | None:
+    """Why the browser cannot run here (None when it can)."""
+    if not CHROMIUM.is_file():
+        return f"no chromium at {CHROMIUM} (apt-get install chromium, or set SHOPBOT_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -r requirements.txt)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_chat(artifacts: str | Path, data: str | Path | None, log: Path, timeout_s: float = 60) -> Iterator[str]:
+    """Voilà serving the chat notebook over ``artifacts`` on a free local port; yields its URL."""
+    env = {**os.environ, "SHOPBOT_ARTIFACTS": str(artifacts), "SHOPBOT_OFFLINE": "1"}
+    if data is not None:
+        env["SHOPBOT_DATA"] = str(data)
+    port = _free_port()
+    with Path(log).open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", f"--port={port}",
+                                 "--Voila.ip=127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"voila exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
+            try:  # listening: any HTTP answer will do (the page itself would start a kernel)
+                urllib.request.urlopen(url + "voila/static/does-not-exist", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"voila did not answer on {url}:\n{Path(log).read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def open_page(playwright, url: str, blocked: list[str], viewport=(1100, 1000)):
+    """(browser, page) on ``url``, every request to another host aborted and recorded in ``blocked``;
+    returns once the greeting is drawn."""
+    def only_local(route):
+        if route.request.url.startswith("data:") or urlparse(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=QUIET_FLAGS)
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.route("**/*", only_local)
+    page.goto(url, timeout=120_000)
+    page.get_by_text("Hi, I'm ShopBot").wait_for(timeout=180_000)
+    return browser, page
+
+
+def bot_rows(page) -> int:
+    return page.locator(".shopbot-row-bot").count()
+
+
+def wait_for_bot_turn(page, before: int, timeout_ms: int = 60_000) -> None:
+    """Wait until a bot bubble beyond the first ``before`` is drawn and nothing is typing."""
+    page.wait_for_function(f"document.querySelectorAll('.shopbot-row-bot').length > {before} && "
+                           "!document.querySelector('.shopbot-typing-row')", timeout=timeout_ms)
+
+
+def text_turn(page, text: str) -> float:
+    """Type ``text``, press Enter, wait for the answer: seconds from Enter to the drawn answer."""
+    box = page.locator("input[placeholder^='Ask a question']")
+    before = bot_rows(page)
+    box.fill(text)
+    start = time.perf_counter()
+    box.press("Enter")
+    wait_for_bot_turn(page, before)
+    return time.perf_counter() - start
+
+
+def choose_file(page, path: str | Path) -> None:
+    """Pick ``path`` with the photo button's file chooser (its input is not in the page until clicked)."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("button.shopbot-photo").click()
+    chooser.value.set_files(str(path))
+    page.locator(".shopbot-preview").get_by_text(Path(path).name).wait_for()
+
+
+def photo_turn(page, path: str | Path) -> float:
+    """Send a photo: seconds from Send to the drawn answer."""
+    choose_file(page, path)
+    before = bot_rows(page)
+    start = time.perf_counter()
+    page.locator("button.shopbot-send").click()
+    wait_for_bot_turn(page, before)
+    return time.perf_counter() - start
