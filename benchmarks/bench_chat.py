@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     blocked: list[str] = []
     with serve_chat(args.artifacts, args.data or config.data_source(), work / "voila.log", timeout_s=120) as url, \
             sync_playwright() as pw:
-        browser, page = open_page(pw, url, blocked)
+        browser, page = open_page(pw, url, blocked, viewport=(1100, 1700))
         page.wait_for_timeout(3000)  # the warm-up cell after the app
         text_turn(page, "hello")
         rows.append(_stats("question", "browser", [text_turn(page, QUESTIONS[i % len(QUESTIONS)]) for i in range(args.turns)]))
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             demo = work / "my_shoe.jpg"
             demo.write_bytes(catalogue.image_path(int(shoe)).read_bytes())
             photo_turn(page, demo)
-            text_turn(page, "in black")
+            # the whole conversation in one picture: let the history grow instead of scrolling
+            page.evaluate("document.querySelector('.shopbot-scroll').style.height = 'auto'")
             args.screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.locator(".shopbot-app").screenshot(path=str(args.screenshot))
             print(f"wrote {args.screenshot}")

@@ -33,7 +33,7 @@ CSS = """
 .shopbot-face-bot { background: #35618f; }
 .shopbot-face-shopper { background: #6b6b6b; }
 .shopbot-bubble { max-width: 78%; padding: 6px 10px; border-radius: 12px; }
-.shopbot-bubble-wide { max-width: calc(100% - 60px); }
+.shopbot-bubble-wide { width: calc(100% - 60px); max-width: none; }
 button.shopbot-thumb { font-size: 11px; height: 24px; color: #444; }
 .shopbot-bubble-bot { background: #fff; border: 1px solid #d9d9d9; border-top-left-radius: 2px; }
 .shopbot-bubble-shopper { background: #dcebfb; border: 1px solid #b9d3ef; border-top-right-radius: 2px; }
