@@ -15,10 +15,11 @@ import json
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pandas as pd
 from PIL import Image
 
 from .background import prepare_query
@@ -144,7 +145,7 @@ class Conversation:
         self.example_id = example_id if example_id is not None else _example_id(bot)
         self.turns: list[Turn] = []
         self._next_id = 0
-        self._last_similarity = False
+        self._colours: dict[str, pd.Series] = {}  # article type -> its colours, most products first
         self.new_chat()
 
     @property
@@ -172,11 +173,10 @@ class Conversation:
         removes its background (unless ``remove_background`` is False), shows the cut-out and the most
         similar products, refined by the text when it asks for something ("in black")."""
         text = "" if text is None else str(text)
-        shown_photo = None
-        if photo is not None:
-            shown_photo = self._shopper_thumbnail(photo)
+        upload = None if photo is None else _decode_upload(photo)  # (image, None) or (None, what is wrong)
+        shown_photo = thumbnail_jpeg(upload[0]) if upload is not None and upload[0] is not None else None
         self._add(Turn("shopper", text=text[:MAX_MESSAGE_CHARS], photo=shown_photo, filename=str(filename)[:200]))
-        return self._answer(lambda: self._respond(text, photo, remove_background))
+        return self._answer(lambda: self._respond(text, upload, remove_background))
 
     def quick_reply(self, label: str) -> Turn:
         """A chip was clicked: its label is sent as a message (the example-photo chip sends its photo)."""
@@ -214,22 +214,23 @@ class Conversation:
         def respond() -> Turn:
             if self._more is None:
                 return self._answer_text("There is nothing more to show yet: ask for a product or send a photo.")
-            fetch, shown = self._more
+            fetch, shown, similarity = self._more
             found = fetch(min(shown + PAGE, MAX_RESULTS))
             page = list(found)[shown:shown + PAGE]
             if not page:
                 self._more = None
                 return self._answer_text("That is everything I found.")
-            self._more = (fetch, shown + len(page))
+            self._more = (fetch, shown + len(page), similarity)
             return self._products_turn(page, f"Here are {len(page)} more.", more=self._can_show_more(found),
-                                       similarity=self._last_similarity)
+                                       similarity=similarity)
         return self._answer(respond)
 
     def new_chat(self) -> Turn:
         """Clear the history and the context; the bot greets again."""
         self.turns.clear()
         self._context: dict | None = None  # {"anchor": product id or prepared photo, "query": Query}
-        self._more: tuple[Callable[[int], list[Product]], int] | None = None
+        # the last answer's (fetch(k), products shown so far, whether its scores are image similarities)
+        self._more: tuple[Callable[[int], list[Product]], int, bool] | None = None
         greeting = Turn("bot", kind="greeting", quick_replies=list(STARTERS), text=(
             "Hi, I'm ShopBot. Ask me about orders, delivery, returns or payment, search the catalogue in "
             "your own words (\"navy trainers for men\"), or send a photo of something you like and I'll "
@@ -256,15 +257,16 @@ class Conversation:
         return record
 
     # ------------------------------------------------------------------ answering
-    def _respond(self, text: str, photo: bytes | None, remove_background: bool) -> Turn:
+    def _respond(self, text: str, upload: tuple | None, remove_background: bool) -> Turn:
         stripped = text.strip()
-        if photo is None and not stripped:
+        if upload is None and not stripped:
             return self._error("Type a question, or choose a photo to search with.")
         if len(text) > MAX_MESSAGE_CHARS:
             return self._error(f"That message is {len(text):,} characters long; I read up to "
                                f"{MAX_MESSAGE_CHARS:,}. Could you say it in fewer words?")
-        if photo is not None:
-            return self._photo(photo, stripped, remove_background)
+        if upload is not None:
+            image, problem = upload
+            return self._error(problem) if problem else self._photo(image, stripped, remove_background)
         if _RESET.match(stripped):
             self.new_chat()
             return self.turns[-1]
@@ -282,17 +284,7 @@ class Conversation:
             return self._search(stripped)
         return self._answer_text(reply.text, intent=reply.intent)
 
-    def _photo(self, photo: bytes, text: str, remove_background: bool) -> Turn:
-        if not isinstance(photo, (bytes, bytearray, memoryview)):
-            return self._error("That upload is not a file I can read.")
-        photo = bytes(photo)
-        if len(photo) > MAX_UPLOAD_BYTES:
-            return self._error(f"That file is {len(photo) / 2**20:.1f} MB; I take photos up to "
-                               f"{MAX_UPLOAD_BYTES // 2**20} MB. A phone photo or a screenshot is plenty.")
-        try:
-            image = load_image(photo)
-        except ImageError as exc:
-            return self._error(f"I could not use that file as a photo: {exc}.")
+    def _photo(self, image: Image.Image, text: str, remove_background: bool) -> Turn:
         prepared = prepare_query(image, self.background) if remove_background else image
         query = parse_query(text)
         self._context = {"anchor": prepared, "query": query}
@@ -305,7 +297,7 @@ class Conversation:
                                   intro_from_results=True)
         turn.photo = cutout
         if turn.products:  # "in black" keeps the type the reply named ("they look like ...")
-            self._context["kind"] = Counter(p.articleType for p in turn.products).most_common(1)[0][0]
+            self._context["kind"] = _main_type(turn.products)
         return turn
 
     def _refines(self, text: str, query: Query) -> bool:
@@ -342,15 +334,14 @@ class Conversation:
                   intro_from_results: bool = False) -> Turn:
         found = first if first is not None else fetch(PAGE)
         page = list(found)[:PAGE]
-        self._last_similarity = first is None  # text searches pass their first page; image searches do not
-        self._more = (fetch, len(page)) if page else None
+        similarity = first is None  # text searches pass their first page; image searches do not
+        self._more = (fetch, len(page), similarity) if page else None
         if not page:
             return self._answer_text(getattr(found, "message", "") or "I found nothing like that in the catalogue.")
         message = getattr(found, "message", "")
         if intro_from_results:
-            kind = Counter(p.articleType for p in page).most_common(1)[0][0]
-            intro = message or f"{intro} (they look like {kind})."
-        return self._products_turn(page, intro, more=self._can_show_more(found), similarity=self._last_similarity)
+            intro = message or f"{intro} (they look like {_main_type(page)})."
+        return self._products_turn(page, intro, more=self._can_show_more(found), similarity=similarity)
 
     def _products_turn(self, page: list[Product], text: str, more: bool, similarity: bool) -> Turn:
         return Turn("bot", text=text, kind="products", products=page, more=more, similarity=similarity,
@@ -361,10 +352,12 @@ class Conversation:
 
     def _refinement_chips(self, page: Sequence[Product]) -> list[str]:
         """Two other colours the shown type comes in, the other gender, and "Start over"."""
-        kind = Counter(p.articleType for p in page).most_common(1)[0][0]
+        kind = _main_type(page)
         shown = {p.baseColour for p in page}
-        products = self.bot.products
-        colours = products.loc[products["articleType"] == kind, "baseColour"].value_counts()
+        if kind not in self._colours:  # once per type, not a pass over the catalogue every turn
+            products = self.bot.products
+            self._colours[kind] = products.loc[products["articleType"] == kind, "baseColour"].value_counts()
+        colours = self._colours[kind]
         chips = [f"in {c.lower()}" for c in colours.index if c not in shown and c and c != "Multi"][:2]
         genders = Counter(p.gender for p in page)
         chips.append("for men" if genders.get("Women", 0) > genders.get("Men", 0) else "for women")
@@ -396,28 +389,30 @@ class Conversation:
         self.turns.append(turn)
         return turn
 
-    def _shopper_thumbnail(self, photo) -> bytes | None:
-        try:
-            if len(photo) > MAX_UPLOAD_BYTES:
-                return None
-            return thumbnail_jpeg(load_image(bytes(photo)))
-        except (ImageError, TypeError):
-            return None
-
     def _name(self, product_id) -> str | None:
         try:
             return str(self.bot.products.loc[int(product_id), "productDisplayName"])
         except (KeyError, ValueError, TypeError):
             return None
 
-    def history(self) -> list[dict]:
-        """The turns as plain dicts (products as dicts, photos as their byte counts): for logs and tests."""
-        out = []
-        for t in self.turns:
-            d = asdict(t)
-            d["photo"] = len(t.photo) if t.photo else 0
-            out.append(d)
-        return out
+
+def _decode_upload(photo) -> tuple[Image.Image | None, str | None]:
+    """The uploaded bytes as an image, decoded once: ``(image, None)``, or ``(None, what is wrong)``."""
+    if not isinstance(photo, (bytes, bytearray, memoryview)):
+        return None, "That upload is not a file I can read."
+    photo = bytes(photo)
+    if len(photo) > MAX_UPLOAD_BYTES:
+        return None, (f"That file is {len(photo) / 2**20:.1f} MB; I take photos up to "
+                      f"{MAX_UPLOAD_BYTES // 2**20} MB. A phone photo or a screenshot is plenty.")
+    try:
+        return load_image(photo), None
+    except ImageError as exc:
+        return None, f"I could not use that file as a photo: {exc}."
+
+
+def _main_type(products: Sequence[Product]) -> str:
+    """The article type most of ``products`` have (what a reply says they "look like")."""
+    return Counter(p.articleType for p in products).most_common(1)[0][0]
 
 
 def _describe(query: Query | None) -> str:
