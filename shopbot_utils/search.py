@@ -514,7 +514,7 @@ class TextSearch:
         if within is not None:
             keep = keep & within
         bm25 = self.bm25_scores(text, query)
-        dense = self.dense_scores(text, keep if query.fields or within is not None else None)
+        dense = self.dense_scores(text, keep)  # an unfiltered search scores every name anyway
         if not query.fields and not (bm25 > 0).any() and (dense is None or dense.max() < MIN_DENSE_COSINE):
             return SearchResult(empty, np.zeros(0), query, message=f"I could not find products for "
                                 f"\"{text[:60]}\". Try a product type and a colour, e.g. \"blue jeans for men\".")
