@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from shopbot_utils import ShopBot, config
-from shopbot_utils.background import (GrabCutBackend, IsnetBackend, NoBackend, get_backend, make_composites,
-                                      cut_out_all, mask_quality, retrieval_gain)
+from shopbot_utils.background import GrabCutBackend, IsnetBackend, NoBackend, get_backend
+from shopbot_utils.background_bench import cut_out_all, make_composites, mask_quality, retrieval_gain
 from shopbot_utils.data import load_catalogue, load_split
 
 

@@ -299,8 +299,7 @@ def class_prior_report(bot, split: pd.DataFrame, weights: Sequence[float] = (0.0
     """The strict poster score (test queries against train+valid, the query never in the index) when
     ``similar`` adds ``weight * log p(query's type = product's type)`` to the cosine."""
     from .bot import PRIOR_POOL
-    from .evaluate import retrieval_metrics
-    from .pipeline import split_gallery
+    from .evaluate import retrieval_metrics, split_gallery
 
     gallery = split_gallery(bot, split)
     test_ids = split.loc[split["split"] == "test", "id"].to_numpy()

@@ -10,7 +10,8 @@ from PIL import Image
 
 from shopbot_utils import background as bg
 from shopbot_utils.background import (BackgroundModelError, GrabCutBackend, IsnetBackend, ModnetBackend, NoBackend,
-                                      get_backend, iou, make_composite, make_composites, remove_background)
+                                      get_backend, remove_background)
+from shopbot_utils.background_bench import iou, make_composite, make_composites
 from shopbot_utils.data import ImageError
 
 from conftest import image_bytes, random_image

@@ -7,7 +7,7 @@ import pytest
 from shopbot_utils import Product, ShopBot
 from shopbot_utils.__main__ import main
 from shopbot_utils.data import ImageError, load_split
-from shopbot_utils.pipeline import split_retrieval_metrics
+from shopbot_utils.evaluate import split_retrieval_metrics
 from shopbot_utils.vision import ArtifactError
 
 from conftest import image_bytes, random_image
