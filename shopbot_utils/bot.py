@@ -216,15 +216,33 @@ class ShopBot:
 
     def get_index(self, index: str | Index | None = None) -> Index:
         """The bot's index (``None``), an index given by kind (``'exact'``, ``'lsh'``, ``'faiss'``,
-        ``'datasketch'``: built once with default settings over the same embeddings), or ``index``."""
+        ``'datasketch'``, ``'milvus'``: built once with default settings over the same embeddings), or ``index``."""
         self._need_vision()
         if index is None:
             return self.index
         if isinstance(index, Index):
             return index
         if index not in self._indexes:
-            self._indexes[index] = build_index(index, self.index.vectors, self.index.ids)
+            params = {}
+            if index == "milvus":  # the engine filters on the products' attributes; Lite beside the artifacts
+                from .milvus import default_uri
+
+                params = {"uri": default_uri(self.folder), "attributes": self.products}
+            self._indexes[index] = build_index(index, self.index.vectors, self.index.ids, **params)
         return self._indexes[index]
+
+    def close(self) -> None:
+        """Release what the indexes hold outside this process (a Milvus connection, Milvus Lite's
+        embedded server and its folder's lock). The bot's in-process search keeps working."""
+        for index in self._indexes.values():
+            index.close()
+        self._indexes = {k: v for k, v in self._indexes.items() if not getattr(v, "filters_in_engine", False)}
+
+    def __enter__(self) -> "ShopBot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def anchor_vector(self, anchor: ImageInput | int, remove_background: bool | str = False) -> np.ndarray:
         """The embedding of a photo, or of catalogue product ``anchor`` (an id: its saved embedding)."""
@@ -294,8 +312,15 @@ class ShopBot:
             mask = (np.ones(len(self.index.ids), bool) if mask is None else mask.copy())
             mask[self._position[image]] = False
         pool = max(PRIOR_POOL, k) if class_prior else k
+        engine = self.get_index(index)
         with one_blas_thread():  # after torch's threads: see one_blas_thread
-            ids, scores = self.get_index(index).query(vector, pool, where=mask)
+            if getattr(engine, "filters_in_engine", False) and isinstance(where, (dict, Query)) \
+                    and not _is_product_id(image):  # a vector database filters on its own attributes
+                from .milvus import expression
+
+                ids, scores = engine.query(vector, pool, expr=expression(where))
+            else:
+                ids, scores = engine.query(vector, pool, where=mask)
         if class_prior and len(ids):
             ids, scores = (a[0] for a in self.with_class_prior(vector[None], ids[None], scores[None], k, class_prior))
         return _products(self.products.loc[ids], scores)

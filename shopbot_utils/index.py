@@ -105,6 +105,14 @@ class Index:
         """Memory of the index structure in bytes, beyond the normalised vectors every index keeps."""
         return float(sum(a.nbytes for a in self.arrays().values()))
 
+    @classmethod
+    def restore(cls, vectors: np.ndarray, ids: Sequence[int], params: dict, arrays: dict) -> "Index":
+        """The index ``load_index`` rebuilds from its saved parameters and arrays."""
+        return cls(vectors, ids, **params, **arrays)
+
+    def close(self) -> None:
+        """Release what the index holds outside this process (nothing for in-process indexes)."""
+
     def _check(self, queries: np.ndarray, k: int) -> np.ndarray:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
@@ -377,15 +385,26 @@ class DatasketchIndex(Index):
 
 
 INDEXES: dict[str, type[Index]] = {c.kind: c for c in (ExactIndex, LSHIndex, FaissIndex, DatasketchIndex)}
+#: Indexes that live in a vector database (``shopbot_utils.milvus``): imported when first used.
+ENGINE_KINDS = ("milvus",)
+
+
+def index_class(kind: str) -> type[Index]:
+    """The class of an index kind: one of ``INDEXES`` or ``ENGINE_KINDS``."""
+    if kind in INDEXES:
+        return INDEXES[kind]
+    if kind == "milvus":
+        from .milvus import MilvusIndex
+
+        return MilvusIndex
+    raise ValueError(f"unknown index {kind!r}; choose one of {sorted(INDEXES) + list(ENGINE_KINDS)}")
 #: The index ``ShopBot`` uses unless told otherwise (chosen in notebook 04 from measurements).
 DEFAULT_INDEX = "lsh"
 
 
 def build_index(kind: str, vectors: np.ndarray, ids: Sequence[int], **params) -> Index:
-    """Build an index of ``kind`` (one of ``INDEXES``) with its parameters."""
-    if kind not in INDEXES:
-        raise ValueError(f"unknown index {kind!r}; choose one of {sorted(INDEXES)}")
-    return INDEXES[kind](vectors, ids, **params)
+    """Build an index of ``kind`` (one of ``INDEXES`` or ``ENGINE_KINDS``) with its parameters."""
+    return index_class(kind)(vectors, ids, **params)
 
 
 def save_index(index: Index, folder: str | Path, name: str = "index") -> Path:
@@ -415,11 +434,15 @@ def load_index(folder: str | Path, vectors: np.ndarray, ids: Sequence[int], name
     if meta.get("count") != len(ids) or meta.get("embeddings_sha256") != fingerprint(vectors, ids):
         raise IndexArtifactError(f"{meta_path} was built from other embeddings ({meta.get('count')} vectors) than the "
                           f"{len(ids)} given: rebuild it with notebook 04")
-    if meta.get("kind") not in INDEXES:
-        raise IndexArtifactError(f"{meta_path}: unknown index kind {meta.get('kind')!r}")
+    try:
+        cls = index_class(meta.get("kind"))
+    except ValueError:
+        raise IndexArtifactError(f"{meta_path}: unknown index kind {meta.get('kind')!r}") from None
     try:
         with np.load(arrays_path, allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
-        return INDEXES[meta["kind"]](vectors, ids, **meta["params"], **arrays)
+        return cls.restore(vectors, ids, meta["params"], arrays)
+    except IndexArtifactError:
+        raise
     except Exception as exc:  # noqa: BLE001 - damaged arrays: say which file
         raise IndexArtifactError(f"{arrays_path} does not match {meta_path}: {exc}") from None

@@ -85,7 +85,37 @@ def describe(kind: str, params: dict) -> str:
         return f"lsh {p['bits']}b x{p['tables']}t p{p['probes']}{cand}"
     if kind in {"faiss", "datasketch"}:
         return f"{kind} hnsw ef{params.get('ef_search', 64)}"
+    if kind == "milvus":
+        return f"milvus lite {params.get('index_type', 'HNSW').lower()} ef{params.get('ef_search', 64)}"
     return kind
+
+
+def rss_mb() -> float:
+    """This process's resident memory (MB): what an index costs beyond its arrays (Milvus Lite's engine)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def filtered_query_ms(index: Index, queries: np.ndarray, masks: Sequence[np.ndarray], k: int = 5,
+                      expressions: Sequence[str] | None = None, warmup: int = 3) -> np.ndarray:
+    """Milliseconds of one filtered query each: ``where=mask``, or for an engine that filters
+    itself (``filters_in_engine``) the matching Milvus ``expressions``."""
+    engine = getattr(index, "filters_in_engine", False) and expressions is not None
+
+    def one(i):
+        if engine:
+            return index.query(queries[i], k, expr=expressions[i])
+        return index.query(queries[i], k, where=masks[i])
+
+    for i in range(min(warmup, len(queries))):
+        one(i)
+    times = np.empty(len(queries))
+    for i in range(len(queries)):
+        start = time.perf_counter()
+        one(i)
+        times[i] = time.perf_counter() - start
+    return times * 1e3
 
 
 def measure(vectors: np.ndarray, ids: np.ndarray, split: pd.DataFrame, products: pd.DataFrame,
@@ -108,7 +138,14 @@ def measure(vectors: np.ndarray, ids: np.ndarray, split: pd.DataFrame, products:
     gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
     queries = vectors[pos.loc[test_ids].to_numpy()]
     rng = np.random.default_rng(seed)
-    timing_queries = queries[rng.choice(len(queries), min(latency_queries, len(queries)), replace=False)]
+    chosen = rng.choice(len(queries), min(latency_queries, len(queries)), replace=False)
+    timing_queries = queries[chosen]
+    # Filtered queries: "this type only", each query's own article type (a mask here, an expression
+    # for an engine that filters on its attributes).
+    types = products["articleType"].reindex(ids).to_numpy(dtype=object)
+    query_types = products["articleType"].reindex(test_ids[chosen]).to_numpy(dtype=object)
+    filter_masks = [types == t for t in query_types]
+    filter_exprs = [f'articleType in ["{t}"]' for t in query_types]
     rows = []
     with one_thread():
         for kind, params in tqdm(settings, desc="indexes", disable=not progress):
@@ -117,19 +154,28 @@ def measure(vectors: np.ndarray, ids: np.ndarray, split: pd.DataFrame, products:
                 sub = np.sort(rng.choice(len(ids), datasketch_limit, replace=False))
             exact = ExactIndex(vectors[sub], ids[sub])
             truth, _ = exact.query_batch(queries, 10)
-            index, build_s = _timed(build_index, kind, vectors[sub], ids[sub], **params)
+            extra = {"attributes": products} if kind == "milvus" else {}
+            before = rss_mb()
+            index, build_s = _timed(build_index, kind, vectors[sub], ids[sub], **params, **extra)
+            rss_growth = rss_mb() - before
             (found, _), batch_s = _timed(index.query_batch, queries, 10)
             times = single_query_ms(index, timing_queries, k)
+            filtered = (filtered_query_ms(index, timing_queries, filter_masks, k, filter_exprs)
+                        if len(sub) == len(ids) else np.full(1, np.nan))
+            index.close()
             in_gallery = np.intersect1d(gallery_ids, ids[sub])
-            gallery = build_index(kind, vectors[pos.loc[in_gallery].to_numpy()], in_gallery, **params)
+            gallery = build_index(kind, vectors[pos.loc[in_gallery].to_numpy()], in_gallery, **params, **extra)
             quality = retrieval_metrics(gallery, queries, test_ids, products, k=k)
+            gallery.close()
             rows.append({"index": describe(kind, params), "kind": kind, "params": params,
                          "n_indexed": len(sub), "recall@5": recall_at(found, truth, 5),
                          "recall@10": recall_at(found, truth, 10), "poster_score": quality["poster_score"],
                          f"precision@{k}": quality[f"precision_at_{k}"], "build_s": build_s,
                          "structure_mb": index.nbytes() / 1e6, "p50_ms": float(np.percentile(times, 50)),
                          "p95_ms": float(np.percentile(times, 95)),
-                         "batch_ms_per_query": batch_s * 1e3 / len(queries)})
+                         "batch_ms_per_query": batch_s * 1e3 / len(queries),
+                         "filtered_p50_ms": float(np.percentile(filtered, 50)),
+                         "filtered_p95_ms": float(np.percentile(filtered, 95)), "rss_growth_mb": rss_growth})
     return pd.DataFrame(rows)
 
 
@@ -156,7 +202,7 @@ def synthetic_embeddings(n: int, dim: int = 512, clusters: int = 37, intrinsic: 
 
 def scale_run(sizes: Sequence[int], kinds: Sequence[str] = ("exact", "lsh", "faiss"), queries: int = 200,
               max_size: dict[str, int] | None = None, dim: int = 512, seed: int = config.SEED,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, params: dict[str, dict] | None = None) -> pd.DataFrame:
     """Build time, p50 query time and recall@5 (vs exact) of each index kind (default settings)
     as the catalogue grows. ``max_size`` skips a kind above a size (e.g. faiss's slow big builds)."""
     tqdm = config.progress_bar()
@@ -172,14 +218,17 @@ def scale_run(sizes: Sequence[int], kinds: Sequence[str] = ("exact", "lsh", "fai
             for kind in kinds:
                 if n > max_size.get(kind, n):
                     continue
-                index, build_s = _timed(build_index, kind, base, ids)
+                before = rss_mb()
+                index, build_s = _timed(build_index, kind, base, ids, **(params or {}).get(kind, {}))
+                rss_growth = rss_mb() - before
                 times = single_query_ms(index, q, 5)
                 found, _ = index.query_batch(q, 5)
+                index.close()
                 if kind == "exact":
                     truth = found
                 rows.append({"n": n, "kind": kind, "build_s": build_s, "p50_ms": float(np.median(times)),
                              "recall@5": recall_at(found, truth, 5) if truth is not None else np.nan,
-                             "structure_mb": index.nbytes() / 1e6})
+                             "structure_mb": index.nbytes() / 1e6, "rss_growth_mb": rss_growth})
                 del index
             del data, base
     return pd.DataFrame(rows)
