@@ -18,7 +18,8 @@ from .data import Catalogue, load_catalogue, load_split, make_split, save_split
 from .embed import embed_files, load_embeddings, save_embeddings
 from .index import DEFAULT_INDEX, Index, build_index, save_index
 from .search import TextSearch, build_name_embeddings, ids_sha256
-from .evaluate import ExactIndex, classification_metrics, confused_pairs, latency_ms, retrieval_metrics
+from .evaluate import (classification_metrics, confused_pairs, latency_ms, literal_retrieval_metrics,
+                       split_retrieval_metrics)
 from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, create_model, load_model,
                      predict_proba, run_prefix, save_model, train_cached, train_full)
 
@@ -121,6 +122,10 @@ def index_catalogue(artifacts: str | Path, kind: str = DEFAULT_INDEX, **params) 
     """Build the search index over the saved embeddings and save it as the bot's index
     (``ShopBot.load`` checks that those embeddings belong to the saved model)."""
     ids, vectors = load_embeddings(artifacts)
+    if kind == "milvus":  # Milvus Lite beside the artifacts (or SHOPBOT_MILVUS_URI), with the attributes to filter on
+        from .milvus import default_uri
+
+        params = {"uri": default_uri(artifacts), "attributes": load_products(artifacts), **params}
     index = build_index(kind, vectors, ids, **params)
     save_index(index, artifacts)
     return index
@@ -142,31 +147,21 @@ def build_text_search(artifacts: str | Path) -> dict:
             "names_per_s": len(search) / names_s}
 
 
-def split_gallery(bot: ShopBot, split: pd.DataFrame) -> ExactIndex:
-    """The poster's protocol's index: the bot's embeddings of the train+valid products only."""
-    gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
-    return ExactIndex(bot.index.vectors[bot.positions(gallery_ids)], gallery_ids)
-
-
-def split_retrieval_metrics(bot: ShopBot, split: pd.DataFrame, k: int = 5) -> dict:
-    """The poster's protocol: test-split embeddings query an index of the train+valid ones."""
-    test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
-    queries = bot.index.vectors[bot.positions(test_ids)]
-    return retrieval_metrics(split_gallery(bot, split), queries, test_ids, split.set_index("id"), k=k)
-
-
 def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
                        latency_queries: int = 100) -> dict:
     """The report's metrics on the test split; written to ``artifacts/metrics.json``.
 
-    Retrieval: test images query an index of the train+valid images. Classification: the
+    Retrieval: test images query an index of the train+valid images (strict, the headline);
+    ``retrieval_literal`` is the poster's protocol read literally (20% of everything queries an
+    index that holds it). Classification: the
     model's prediction for each test image. Latency: one image's embedding + search over the
     whole catalogue index, as ``ShopBot.similar`` does it.
     """
     bot = ShopBot.load(artifacts)
     split = load_split(artifacts)
     test = split[split["split"] == "test"]
-    metrics: dict = {"retrieval": split_retrieval_metrics(bot, split, k=k)}
+    metrics: dict = {"retrieval": split_retrieval_metrics(bot, split, k=k),
+                     "retrieval_literal": literal_retrieval_metrics(bot, k=k)}
     paths = [catalogue.image_path(i) for i in test["id"]]
     probs = predict_proba(bot.model, paths, tuple(bot.info.image_size))
     predicted = [bot.classes[i] for i in probs.argmax(1)]
