@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 # Long steps print text progress bars, which papermill --log-output shows live.
 export SHOPBOT_PROGRESS ?= text
 
-.PHONY: run test env data notebooks clean demo lab
+.PHONY: run test env data notebooks report golden clean demo lab
 DEMO_PORT ?= 8866
 
 env: $(VENV)/.installed
@@ -46,8 +46,18 @@ notebooks: env
 	  $(PY) -m papermill --progress-bar --log-output $$nb $(ARTIFACTS)/notebooks/$$(basename $$nb) --cwd notebooks || exit 1; \
 	done
 
-run: data notebooks
-	@echo "Done: executed notebooks, model, embeddings and metrics.json in $(ARTIFACTS); figures in figures/"
+run: data notebooks report
+	@echo "Done: model, embeddings and metrics.json in $(ARTIFACTS); figures in figures/; notebooks/ carry this run's outputs"
+
+# The executed notebooks back into notebooks/ (timestamps, paths and progress bars scrubbed), so that
+# they read as the report on GitHub and Colab; `git diff notebooks/` shows what this run changed.
+report: env
+	$(PY) -m shopbot_utils report $(ARTIFACTS)/notebooks
+
+# Re-bless the nbval regression checks: run every notebook at the tests' small parameters and keep
+# the outputs of its `# NBVAL_CHECK_OUTPUT` cells in tests/golden/ (make test compares a fresh run).
+golden: env
+	$(PY) -m shopbot_utils golden $(NOTEBOOKS)
 
 test: env
 	$(PY) -m pytest

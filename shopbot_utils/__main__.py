@@ -1,4 +1,4 @@
-"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build}``."""
+"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build,report,golden}``."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     b.add_argument("--mode", choices=["auto", "cpu", "full"], default="auto")
     b.add_argument("--scope", choices=["catalogue", "split"], default="catalogue")
+    r = sub.add_parser("report", help="copy executed notebooks back into notebooks/, scrubbed (make report)")
+    r.add_argument("executed", help="folder of executed notebooks (make run writes <artifacts>/notebooks)")
+    g = sub.add_parser("golden", help="execute notebooks at small parameters into tests/golden (make golden)")
+    g.add_argument("notebooks", nargs="+", help="the notebooks, in order")
     return p
 
 
@@ -59,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             metrics = build(args.artifacts, args.data, args.per_class, args.backbone, args.mode,
                             args.epochs, args.scope)
             print(json.dumps(metrics, indent=1))
+            return 0
+        if args.command in ("report", "golden"):
+            from . import report
+
+            written = (report.write_report(args.executed) if args.command == "report"
+                       else report.write_golden(args.notebooks))
+            print("\n".join(f"wrote {p}" for p in written))
             return 0
         from .bot import ShopBot
 

@@ -105,7 +105,16 @@ def text_progress() -> bool:
 
 
 def progress_bar():
-    """The ``tqdm`` class for long steps (see ``text_progress``)."""
+    """The ``tqdm`` class for long steps (see ``text_progress``); ``SHOPBOT_PROGRESS=off`` hides
+    them (the golden notebooks: a bar's timings would differ on every run)."""
+    if os.environ.get("SHOPBOT_PROGRESS", "") == "off":
+        from tqdm import tqdm
+
+        class Quiet(tqdm):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **{**kwargs, "disable": True})
+
+        return Quiet
     if text_progress():
         from tqdm import tqdm
     else:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,47 @@ if (SHARED / "nltk_data").is_dir():
 SHARED_ISNET = SHARED / "models" / "isnet-general-use-quint8.onnx"
 if SHARED_ISNET.is_file():
     os.environ.setdefault("SHOPBOT_BG_MODEL", str(SHARED_ISNET))
+
+
+# ----------------------------------------------------------------- golden notebooks (nbval)
+# nbval starts each notebook's kernel with this process's environment, before its first cell runs:
+# the hooks below point it at the real catalogue and at one temporary artifacts folder that the
+# golden notebooks share, in order (01 writes the split that 02 trains on...), and put the
+# environment back for the other tests.
+_golden_work: list[Path] = []
+_saved_env: dict[str, str | None] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.path.suffix != ".ipynb":
+        return
+    from shopbot_utils.report import golden_environment
+
+    source = Path(os.environ.get("SHOPBOT_DATA") or SHARED_ZIP)
+    if not source.exists():
+        pytest.skip("the catalogue is not here: set SHOPBOT_DATA or put ../shared beside the checkout")
+    if not _golden_work:
+        _golden_work.append(Path(tempfile.mkdtemp(prefix="shopbot-golden-")))
+    env = golden_environment(_golden_work[0]) | {"SHOPBOT_DATA": str(source)}
+    _saved_env.update({k: os.environ.get(k) for k in env if k not in _saved_env})
+    os.environ.update(env)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if item.path.suffix == ".ipynb":
+        for k, v in _saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _saved_env.clear()
+
+
+def pytest_sessionfinish(session):
+    for work in _golden_work:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

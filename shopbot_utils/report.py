@@ -1,0 +1,198 @@
+"""The notebooks as the course's report: what a run's executed notebooks keep when they are copied
+back into ``notebooks/`` (``make report``), and the golden notebooks that ``make test`` re-runs with
+nbval (``make golden``).
+
+A re-run should change only what really changed, so scrubbing drops what varies from run to run
+without meaning anything: papermill's and Jupyter's timestamps, this machine's paths, memory
+addresses, widget model ids and progress bars. Figures are kept, shrunk to a width that reads well.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import nbformat
+
+from . import config
+
+#: The parameters of a small run: every notebook top to bottom on CPU in a few minutes (tests, golden).
+SMALL_PARAMETERS = {"per_class": 4, "epochs": 1, "scope": "split", "latency_queries": 5, "n_examples": 3,
+                    "datasketch_limit": 60, "scale_sizes": [500, 1000], "faiss_scale_max": 1000, "n_queries": 6,
+                    "isnet_sizes": [320], "min_group": 1, "max_queries": 15, "refine_cases": 10}
+#: The comment that makes nbval compare a cell's stored outputs with a fresh run's (``--nbval-lax``).
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+#: Figures wider than this (pixels) are shrunk in the committed notebooks.
+MAX_FIGURE_WIDTH = 1000
+GOLDEN_DIR = config.ROOT / "tests" / "golden"
+
+_PROGRESS = re.compile(r"\d+%\|")  # tqdm's text bars
+_ADDRESS = re.compile(r"\b0x[0-9a-f]{6,}\b")
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def learned(points: Iterable[str]):
+    """A notebook's closing numbers as a Markdown list (the report's voice: this run's figures)."""
+    from IPython.display import Markdown
+
+    return Markdown("**This run, in numbers:**\n\n" + "\n".join(f"- {p}" for p in points))
+
+
+def notebook_parameters(path: str | Path, parameters: dict = SMALL_PARAMETERS) -> dict:
+    """The entries of ``parameters`` that the notebook's ``parameters`` cell defines."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {k: v for k, v in parameters.items() if re.search(rf"^{k}\s*=", cell.source, re.M)}
+
+
+def _path_replacements() -> list[tuple[str, str]]:
+    """This machine's paths, longest first, and what the committed notebooks say instead."""
+    pairs = {str(config.ROOT): "."}
+    for var, label in (("SHOPBOT_DATA", "<catalogue>"), ("SHOPBOT_ARTIFACTS", "<artifacts>"),
+                       ("NLTK_DATA", "<nltk_data>"), ("SHOPBOT_BG_MODEL", "<background model>"),
+                       ("SHOPBOT_FIGURES", "<figures>")):
+        if os.environ.get(var):
+            pairs[str(Path(os.environ[var]).resolve())] = label
+            pairs[os.environ[var]] = label
+    pairs[str(Path.home())] = "~"
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def scrub_text(text: str, replacements: list[tuple[str, str]] | None = None) -> str:
+    """Paths and memory addresses out of one output's text."""
+    for old, new in replacements if replacements is not None else _path_replacements():
+        text = text.replace(old, new)
+    return _ADDRESS.sub("0x...", text)
+
+
+def shrink_png(data: str, max_width: int = MAX_FIGURE_WIDTH) -> str:
+    """A base64 PNG no wider than ``max_width`` (re-encoded with an adaptive palette when that is smaller)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
+    candidates = []
+    for im in (image.convert("RGB"), image.convert("RGB").quantize(256)):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+        candidates.append(buf.getvalue())
+    best = min(candidates, key=len)
+    original = base64.b64decode(data)
+    return base64.b64encode(best if len(best) < len(original) else original).decode()
+
+
+def _scrub_output(output: dict, replacements) -> dict | None:
+    if output.get("output_type") == "stream":
+        if output.get("name") == "stderr" and _PROGRESS.search(output.get("text", "")):
+            return None  # progress bars: live feedback, not a result
+        output["text"] = scrub_text(output["text"], replacements)
+        return output
+    data = output.get("data", {})
+    if _WIDGET in data:  # live UI (progress bars, the chat): its state is not saved, its model id is random
+        return None
+    for mime, value in list(data.items()):
+        if mime == "image/png":
+            data[mime] = shrink_png(value)
+        elif mime.startswith("text/"):
+            data[mime] = scrub_text("".join(value) if isinstance(value, list) else value, replacements)
+    if output.get("output_type") == "error":
+        output["traceback"] = [scrub_text(t, replacements) for t in output.get("traceback", [])]
+    return output
+
+
+def scrub_notebook(nb, keep_outputs=lambda cell: True):
+    """The executed notebook without volatile metadata, paths and progress bars (in place; returned).
+
+    ``keep_outputs(cell)`` False clears a code cell's outputs (golden notebooks keep only checked ones).
+    """
+    replacements = _path_replacements()
+    kernelspec = nb.metadata.get("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    nb.metadata = nbformat.NotebookNode({"kernelspec": kernelspec,
+                                         "language_info": {"name": nb.metadata.get("language_info", {}).get("name", "python")}})
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        cell.metadata = nbformat.NotebookNode({"tags": tags} if tags else {})
+        cell.pop("id", None)
+        if cell.cell_type != "code":
+            continue
+        if not keep_outputs(cell):
+            cell.outputs, cell.execution_count = [], None
+            continue
+        cell.outputs = [o for o in (_scrub_output(o, replacements) for o in cell.outputs) if o is not None]
+    nb.nbformat, nb.nbformat_minor = 4, 4
+    return nb
+
+
+def write_report(executed: str | Path, notebooks: str | Path = config.ROOT / "notebooks") -> list[Path]:
+    """Copy every executed notebook in ``executed`` over its source in ``notebooks``, scrubbed.
+
+    Refuses a notebook whose cells no longer match its source (it was executed from an older
+    version): copying it would silently undo an edit.
+    """
+    written = []
+    for path in sorted(Path(executed).glob("[0-9]*.ipynb")):
+        target = Path(notebooks) / path.name
+        if not target.is_file():
+            continue
+        run, source = nbformat.read(path, as_version=4), nbformat.read(target, as_version=4)
+        run.cells = [c for c in run.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        if [c.source for c in run.cells] != [c.source for c in source.cells]:
+            raise ValueError(f"{path} was executed from another version of {target}: run `make run` again")
+        if any(o.get("output_type") == "error" for c in run.cells for o in c.get("outputs", [])):
+            raise ValueError(f"{path} stopped with an error: fix it and run `make run` again")
+        nbformat.write(scrub_notebook(run), target)
+        written.append(target)
+    return written
+
+
+def golden_environment(work: str | Path) -> dict[str, str]:
+    """What a golden notebook's kernel runs with, when it is written and when nbval re-runs it: its
+    own artifacts and figures under ``work``, no downloads, no progress bars (their timings vary)."""
+    work = Path(work)
+    return {"SHOPBOT_ARTIFACTS": str(work / "artifacts"), "SHOPBOT_FIGURES": str(work / "figures"),
+            "SHOPBOT_OFFLINE": "1", "SHOPBOT_PROGRESS": "off"}
+
+
+def is_checked(cell) -> bool:
+    return cell.cell_type == "code" and CHECK_MARK in cell.source
+
+
+def write_golden(sources: Iterable[str | Path], out: str | Path = GOLDEN_DIR, parameters: dict = SMALL_PARAMETERS,
+                 workdir: str | Path | None = None) -> list[Path]:
+    """Execute each notebook (in order) with papermill at ``parameters`` and save it under ``out``
+    with only its checked cells' outputs: the stored answers that nbval compares a fresh run with.
+
+    The run's artifacts and figures go to ``workdir`` (default: a temporary folder), never to the
+    project's own ``artifacts/`` and ``figures/``.
+    """
+    import tempfile
+
+    import papermill as pm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(workdir or tmp)
+        env = golden_environment(work)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            for path in map(Path, sources):
+                target = out / path.name
+                pm.execute_notebook(str(path), str(work / path.name), parameters=notebook_parameters(path, parameters),
+                                    cwd=str(path.parent), progress_bar=False, kernel_name="python3")
+                nb = nbformat.read(work / path.name, as_version=4)
+                nbformat.write(scrub_notebook(nb, keep_outputs=is_checked), target)
+                written.append(target)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return written
