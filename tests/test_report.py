@@ -79,6 +79,7 @@ def test_report_refuses_a_run_of_another_version(tmp_path):
 
 
 def test_committed_notebooks_carry_outputs_and_golden_ones_match_them():
+    n_checked = 0
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -90,8 +91,10 @@ def test_committed_notebooks_carry_outputs_and_golden_ones_match_them():
         sources = [c.source for c in gold.cells if "injected-parameters" not in c.metadata.get("tags", [])]
         assert sources == [c.source for c in nb.cells], f"{golden} is older than {path}: run `make golden`"
         checked = [c for c in gold.cells if CHECK_MARK in c.source]
-        assert checked and all(c.outputs for c in checked), path.name
-        assert sum(len(c.outputs) for c in gold.cells) == sum(len(c.outputs) for c in checked)  # light
+        n_checked += len(checked)
+        assert all(c.outputs for c in checked), path.name
+        assert sum(len(c.get("outputs", [])) for c in gold.cells) == sum(len(c.outputs) for c in checked)  # light
+    assert n_checked >= 10  # 08 (the chat) has none: its turns are checked by test_chat and the browser test
     assert sum(len(c.outputs) > 0 for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells
                if c.cell_type == "code") > 40  # the report: make run's outputs are committed
 
