@@ -224,10 +224,10 @@ class ShopBot:
             return index
         if index not in self._indexes:
             params = {}
-            if index == "milvus":  # the engine filters on the products' attributes; Lite beside the artifacts
-                from .milvus import default_uri
+            if index == "milvus":
+                from .milvus import catalogue_params
 
-                params = {"uri": default_uri(self.folder), "attributes": self.products}
+                params = catalogue_params(self.folder, self.products)
             self._indexes[index] = build_index(index, self.index.vectors, self.index.ids, **params)
         return self._indexes[index]
 
@@ -307,15 +307,17 @@ class ShopBot:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
         vector = self.anchor_vector(image, remove_background)
-        mask = self.where_mask(where)
+        engine = self.get_index(index)
+        # A vector database filters on its own attributes: no mask over the catalogue is built for it.
+        in_engine = (getattr(engine, "filters_in_engine", False) and isinstance(where, (dict, Query))
+                     and not _is_product_id(image))
+        mask = None if in_engine else self.where_mask(where)
         if _is_product_id(image):  # "more like this" never answers with the product itself
             mask = (np.ones(len(self.index.ids), bool) if mask is None else mask.copy())
             mask[self._position[image]] = False
         pool = max(PRIOR_POOL, k) if class_prior else k
-        engine = self.get_index(index)
         with one_blas_thread():  # after torch's threads: see one_blas_thread
-            if getattr(engine, "filters_in_engine", False) and isinstance(where, (dict, Query)) \
-                    and not _is_product_id(image):  # a vector database filters on its own attributes
+            if in_engine:
                 from .milvus import expression
 
                 ids, scores = engine.query(vector, pool, expr=expression(where))

@@ -75,6 +75,25 @@ def fingerprint(vectors: np.ndarray, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def check_mask(where: np.ndarray, n: int) -> np.ndarray:
+    """``where`` as a boolean mask over ``n`` index positions, or a ``ValueError`` saying what it is."""
+    where = np.asarray(where)
+    if where.dtype != bool or where.shape != (n,):
+        raise ValueError(f"where must be a boolean mask of {n} positions, got {where.dtype} {where.shape}")
+    return where
+
+
+def exact_within(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, allowed: np.ndarray | None,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, scores)`` of the exact top-k of normalised ``queries`` among the ``allowed`` rows of
+    ``vectors`` (None: all)."""
+    if k == 0:
+        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    scores = queries @ (vectors if allowed is None else vectors[allowed]).T
+    top = _top_k(scores, k)
+    return ids[top if allowed is None else allowed[top]], np.take_along_axis(scores, top, axis=1)
+
+
 class Index:
     """Base class: holds the normalised vectors and ids; subclasses add their structure."""
 
@@ -146,18 +165,11 @@ class Index:
         return self.ids[np.stack([r[0] for r in rows])], np.stack([r[1] for r in rows])
 
     def _where(self, where: np.ndarray) -> np.ndarray:
-        where = np.asarray(where)
-        if where.dtype != bool or where.shape != (len(self),):
-            raise ValueError(f"where must be a boolean mask of {len(self)} positions, got {where.dtype} {where.shape}")
-        return where
+        return check_mask(where, len(self))
 
     def _exact_within(self, queries: np.ndarray, allowed: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k among the ``allowed`` positions (None: all), for every query."""
-        if k == 0:
-            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-        scores = queries @ (self.vectors if allowed is None else self.vectors[allowed]).T
-        top = _top_k(scores, k)
-        return self.ids[top if allowed is None else allowed[top]], np.take_along_axis(scores, top, axis=1)
+        return exact_within(queries, self.vectors, self.ids, allowed, k)
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and scores of the top ``k`` for one normalised query."""

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import config
-from .index import FILTER_EXACT_BELOW, Index, IndexArtifactError, _top_k, fingerprint, l2_normalize
+from .index import (FILTER_EXACT_BELOW, Index, IndexArtifactError, check_mask, exact_within, fingerprint,
+                    l2_normalize)
 from .search import FIELDS, Query
 
 URI_ENV = "SHOPBOT_MILVUS_URI"
@@ -53,6 +54,12 @@ def default_uri(folder: str | Path | None = None) -> str:
     if os.environ.get(URI_ENV):
         return os.environ[URI_ENV]
     return str(Path(folder or config.artifacts_dir()) / "milvus.db")
+
+
+def catalogue_params(folder: str | Path | None, products: pd.DataFrame) -> dict:
+    """What a catalogue's milvus index is built with: Milvus Lite beside the artifacts in ``folder``
+    (or ``SHOPBOT_MILVUS_URI``) and the products' attributes, so that the engine can filter on them."""
+    return {"uri": default_uri(folder), "attributes": products}
 
 
 def is_embedded(uri: str) -> bool:
@@ -220,15 +227,10 @@ class MilvusIndex(Index):
         if where is not None:
             with self._lock:  # the ids and vectors that this mask's positions refer to
                 ids, vectors = self.ids, self.vectors
-            where = np.asarray(where)
-            if where.dtype != bool or where.shape != (len(ids),):
-                raise ValueError(f"where must be a boolean mask of {len(ids)} positions, got {where.dtype} {where.shape}")
+            where = check_mask(where, len(ids))
             allowed = np.flatnonzero(where)
             if len(allowed) < FILTER_EXACT_BELOW:
-                k = min(k, len(allowed))
-                scores = queries @ vectors[allowed].T
-                top = _top_k(scores, k)
-                return ids[allowed[top]], np.take_along_axis(scores, top, axis=1)
+                return exact_within(queries, vectors, ids, allowed, min(k, len(allowed)))
             refused = ids[~where]
             id_filter = (f"id in {ids[allowed].tolist()}" if len(allowed) < len(refused)
                          else f"id not in {refused.tolist()}" if len(refused) else "")

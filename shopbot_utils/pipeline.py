@@ -122,10 +122,10 @@ def index_catalogue(artifacts: str | Path, kind: str = DEFAULT_INDEX, **params) 
     """Build the search index over the saved embeddings and save it as the bot's index
     (``ShopBot.load`` checks that those embeddings belong to the saved model)."""
     ids, vectors = load_embeddings(artifacts)
-    if kind == "milvus":  # Milvus Lite beside the artifacts (or SHOPBOT_MILVUS_URI), with the attributes to filter on
-        from .milvus import default_uri
+    if kind == "milvus":
+        from .milvus import catalogue_params
 
-        params = {"uri": default_uri(artifacts), "attributes": load_products(artifacts), **params}
+        params = {**catalogue_params(artifacts, load_products(artifacts)), **params}
     index = build_index(kind, vectors, ids, **params)
     save_index(index, artifacts)
     return index
