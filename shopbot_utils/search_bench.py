@@ -284,26 +284,15 @@ def refinement_report(bot, cases: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- the class prior
-class _WithClassPrior:
-    """An index whose answers ``ShopBot.with_class_prior`` re-orders (for ``retrieval_metrics``)."""
-
-    def __init__(self, bot, gallery, weight: float, pool: int):
-        self.bot, self.gallery, self.weight, self.pool = bot, gallery, weight, pool
-
-    def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, scores = self.gallery.query_batch(queries, max(self.pool, k))
-        return self.bot.with_class_prior(queries, ids, scores, k, self.weight) if self.weight else (ids[:, :k], scores[:, :k])
-
-
 def class_prior_report(bot, split: pd.DataFrame, weights: Sequence[float] = (0.0, 0.01, 0.02, 0.05)) -> pd.DataFrame:
     """The strict poster score (test queries against train+valid, the query never in the index) when
     ``similar`` adds ``weight * log p(query's type = product's type)`` to the cosine."""
     from .bot import PRIOR_POOL
-    from .evaluate import retrieval_metrics, split_gallery
+    from .evaluate import ClassPriorIndex, retrieval_metrics, split_gallery
 
     gallery = split_gallery(bot, split)
     test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
     queries = bot.stored_embeddings(test_ids)
     facts = split.set_index("id")
-    return pd.DataFrame([{"class_prior": w, **retrieval_metrics(_WithClassPrior(bot, gallery, w, PRIOR_POOL),
+    return pd.DataFrame([{"class_prior": w, **retrieval_metrics(ClassPriorIndex(bot, gallery, w, PRIOR_POOL),
                                                                  queries, test_ids, facts)} for w in weights])
