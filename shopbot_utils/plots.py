@@ -217,6 +217,61 @@ def index_scaling(scale: pd.DataFrame) -> matplotlib.figure.Figure:
     return fig
 
 
+def hyperplane_buckets(point_sets: Sequence[np.ndarray], normals: np.ndarray,
+                       titles: Sequence[str]) -> matplotlib.figure.Figure:
+    """2-D points coloured by their SimHash bucket, beside the random lines (hyperplanes) that cut them."""
+    fig, axes = plt.subplots(1, len(point_sets), figsize=(4.6 * len(point_sets), 4.4), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, points, title in zip(axes[0], point_sets, titles):
+        keys = (points @ normals > 0) @ (2 ** np.arange(normals.shape[1]))
+        found, sizes = np.unique(keys, return_counts=True)
+        colour = {key: cmap(i % 20) for i, key in enumerate(found)}
+        ax.scatter(points[:, 0], points[:, 1], s=12, c=[colour[k] for k in keys], edgecolors="none")
+        reach = 1.1 * np.abs(np.concatenate(point_sets)).max()
+        for w in normals.T:  # the line through 0 orthogonal to w
+            d = np.array([-w[1], w[0]]) / np.linalg.norm(w)
+            ax.plot([-reach * d[0], reach * d[0]], [-reach * d[1], reach * d[1]], color="0.3", lw=1)
+            ax.annotate("", xy=0.25 * reach * w / np.linalg.norm(w), xytext=(0, 0),
+                        arrowprops={"arrowstyle": "->", "color": "0.3"})
+        ax.set_xlim(-reach, reach)
+        ax.set_ylim(-reach, reach)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{title}\n{len(found)} buckets used; the largest holds {sizes.max()} of {len(points)} points",
+                     fontsize=9)
+    fig.suptitle(f"{normals.shape[1]} random hyperplanes (lines through 0, arrows: their normals w); "
+                 "colour = bucket key", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def collision_probability(binned: pd.DataFrame, n_bits: int) -> matplotlib.figure.Figure:
+    """SimHash's collision probability against the angle: theory (curves) and our embeddings (points).
+
+    ``binned``: one row per angle bin with ``theta`` (radians, the pairs' mean), ``bit`` and
+    ``bucket`` (measured rates of one equal sign bit and of an equal ``n_bits``-bit key) and ``pairs``."""
+    theta = np.linspace(0, np.pi, 200)
+    deg = np.degrees(theta)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(deg, 1 - theta / np.pi, color="#4c72b0", lw=1.5, label=r"one bit: $1 - \theta/\pi$")
+    ax.plot(deg, (1 - theta / np.pi) ** n_bits, color="#dd8452", lw=1.5,
+            label=rf"one bucket ({n_bits} bits): $(1 - \theta/\pi)^{{{n_bits}}}$")
+    ax.scatter(np.degrees(binned["theta"]), binned["bit"], color="#4c72b0", s=28, zorder=3,
+               edgecolors="black", linewidths=0.5, label="measured on our embeddings: same bit")
+    ax.scatter(np.degrees(binned["theta"]), binned["bucket"], color="#dd8452", s=28, zorder=3, marker="s",
+               edgecolors="black", linewidths=0.5, label="measured: same bucket")
+    ax.set_xlim(0, 180)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(range(0, 181, 30))
+    ax.set_xlabel("angle between the two products' centred embeddings (degrees)")
+    ax.set_ylabel("probability of a collision")
+    ax.set_title(f"SimHash collisions: theory against {int(binned['pairs'].sum()):,} pairs of products")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
 def background_grid(rows: Sequence[tuple], catalogue: Catalogue) -> matplotlib.figure.Figure:
     """One row per query: the photo, the mask, the cut-out on white, then the top results.
 
@@ -233,6 +288,39 @@ def background_grid(rows: Sequence[tuple], catalogue: Catalogue) -> matplotlib.f
             titles.append(f"{p.articleType}\n{p.score:.2f}")
             colors.append("green" if p.articleType == label else "firebrick")
     return _show_images(images, titles, cols=3 + max(len(r[4]) for r in rows), size=1.05, colors=colors)
+
+
+def mask_threshold(photo: Image.Image, soft: np.ndarray, truth: np.ndarray,
+                   threshold: float = 0.5) -> matplotlib.figure.Figure:
+    """A soft alpha mask, its histogram, the binary mask at ``threshold`` and its overlap with the true mask."""
+    pred = soft > threshold
+    inter, union = (pred & truth).sum(), (pred | truth).sum()
+    overlap = np.ones(soft.shape + (3,))
+    overlap[pred & truth] = (0.33, 0.66, 0.41)  # both: the intersection
+    overlap[pred & ~truth] = (0.84, 0.15, 0.16)  # predicted only
+    overlap[~pred & truth] = (0.3, 0.45, 0.69)  # missed
+    fig, axes = plt.subplots(1, 5, figsize=(13, 3.1), gridspec_kw={"width_ratios": [1, 1.15, 1.2, 1, 1]})
+    axes[0].imshow(photo)
+    axes[0].set_title("photo", fontsize=9)
+    im = axes[1].imshow(soft, cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("soft alpha mask (0..1)", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    axes[2].hist(soft.ravel(), bins=50, range=(0, 1), color="0.4", log=True)
+    axes[2].axvline(threshold, color="firebrick", lw=1.5)
+    axes[2].set_xlabel("alpha", fontsize=8)
+    axes[2].set_ylabel("pixels (log)", fontsize=8)
+    axes[2].tick_params(labelsize=8)
+    axes[2].set_title(f"alpha values; threshold {threshold:g}", fontsize=9)
+    axes[3].imshow(pred, cmap="gray")
+    axes[3].set_title(f"alpha > {threshold:g}: A", fontsize=9)
+    axes[4].imshow(overlap)
+    axes[4].set_title(f"A vs true mask B: IoU {inter / max(union, 1):.3f}\n"
+                      "green A∩B, red A only, blue B only", fontsize=9)
+    for ax in axes[[0, 1, 3, 4]]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(w_pad=0.5)
+    return fig
 
 
 def text_search_rankers(report: pd.DataFrame, half: str = "test") -> matplotlib.figure.Figure:
