@@ -126,7 +126,7 @@ def measure(vectors: np.ndarray, ids: np.ndarray, split: pd.DataFrame, products:
 
     Recall@5/@10 and latency: the test-split embeddings query an index of the whole catalogue
     (as ``ShopBot.similar`` does); recall is against exact search. Poster score / precision@5:
-    the foundation's protocol (an index of train+valid only). ``datasketch_limit`` caps how many
+    the strict protocol (test images query an index of train+valid only). ``datasketch_limit`` caps how many
     products datasketch indexes (its pure-Python build is slow): its rows then use a random
     subset of the catalogue and say so in ``n_indexed``.
     """
