@@ -59,49 +59,170 @@ def sample_grid(catalogue: Catalogue, split: pd.DataFrame, seed: int = config.SE
     return _show_images([catalogue.image_path(i) for i in picks["id"]], picks["articleType"].tolist(), cols=10)
 
 
-def training_curves(learner) -> matplotlib.figure.Figure:
-    """Train loss per batch, valid loss and metrics per epoch, from a fastai recorder."""
-    rec = learner.recorder
-    values = np.array(rec.values, dtype=float).reshape(len(rec.values), -1)
-    # Columns are metric_names without 'epoch' and 'time'; fastai leaves out train_loss when an
-    # epoch had no logged training batch, so align the names from the right.
-    names = list(rec.metric_names[1:-1])[-values.shape[1]:]
-    iters_per_epoch = max(1, len(rec.losses) // max(1, len(values)))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot(np.arange(len(rec.losses)) / iters_per_epoch, [float(l) for l in rec.losses],
-             alpha=0.6, label="train (per batch)")
+def training_curves(history) -> matplotlib.figure.Figure:
+    """Training loss per batch and per epoch, validation loss and metrics per epoch, from a
+    ``vision.TrainingHistory`` (or a fastai learner: its ``history``, else its recorder)."""
+    from .vision import TrainingHistory
+
+    if not isinstance(history, TrainingHistory):
+        kept = getattr(history, "history", None)
+        history = kept if isinstance(kept, TrainingHistory) else TrainingHistory.from_recorder(history.recorder)
+    values = np.array(history.values, dtype=float).reshape(len(history.values), len(history.names))
+    column = {name: values[:, i] for i, name in enumerate(history.names)}
     epochs = np.arange(1, len(values) + 1)
-    if "valid_loss" in names:
-        ax1.plot(epochs, values[:, names.index("valid_loss")], "o-", label="valid")
+    per_epoch = max(1, len(history.losses) // max(1, len(values)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    batches = (np.arange(len(history.losses)) + 1) / per_epoch
+    ax1.plot(batches, history.losses, color="#4c72b0", alpha=0.45, lw=1, label="train loss (per batch)")
+    if "train_loss" in column:
+        ax1.plot(epochs, column["train_loss"], "s-", color="#4c72b0", label="train loss (end of epoch)")
+    if "valid_loss" in column:
+        ax1.plot(epochs, column["valid_loss"], "o-", color="#dd8452", label="valid loss")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss (label-smoothed CE)")
-    ax1.legend()
-    for name in (n for n in names if n not in ("train_loss", "valid_loss")):
-        ax2.plot(epochs, values[:, names.index(name)], "o-", label=name)
+    ax1.set_ylabel("loss (label-smoothed cross-entropy)")
+    ax1.set_xticks(epochs)
+    ax1.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
+    for name in (n for n in history.names if n not in ("train_loss", "valid_loss")):
+        ax2.plot(epochs, column[name], "o-", label="valid " + {"f1_score": "macro-F1"}.get(name, name.replace("_", " ")))
     ax2.set_xlabel("epoch")
+    ax2.set_xticks(epochs)
     ax2.set_ylim(0, 1)
-    ax2.set_title("validation")
-    ax2.legend()
+    ax2.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
 def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> matplotlib.figure.Figure:
-    """Row-normalised confusion matrix (recall on the diagonal)."""
+    """Row-normalised confusion matrix in percent (recall on the diagonal; cells under 1% blank)."""
     from sklearn.metrics import confusion_matrix as _cm
 
-    cm = _cm(y_true, y_pred, labels=list(classes), normalize="true")
-    fig, ax = plt.subplots(figsize=(11, 10))
-    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    for i, j in zip(*np.nonzero(cm >= 0.05)):
-        ax.text(j, i, f"{cm[i, j]:.2f}"[1:] if cm[i, j] < 1 else "1", ha="center", va="center",
-                fontsize=5, color="white" if cm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    cm = _cm(y_true, y_pred, labels=list(classes), normalize="true") * 100
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(0.3 * n + 2, 0.3 * n + 1.5))
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=9)
+    ax.set_yticks(range(n), classes, fontsize=9)
+    for i, j in zip(*np.nonzero(cm >= 1)):
+        ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                color="white" if cm[i, j] > 50 else "black")
+    ax.set_xlabel("predicted", fontsize=10)
+    ax.set_ylabel("actual", fontsize=10)
+    ax.set_title("% of each actual type predicted as each type (validation; blank: under 1%)", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def lr_finder(lrs: Sequence[float], losses: Sequence[float], chosen: float,
+              suggested: float | None = None) -> matplotlib.figure.Figure:
+    """fastai's learning-rate finder: loss against a rising learning rate, the chosen rate marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(lrs, losses, color="#4c72b0", label="training loss (moving average)")
+    ax.axvline(chosen, color="firebrick", ls="--", lw=1.5, label=f"chosen lr = {chosen:g}")
+    if suggested is not None:
+        at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(suggested))))
+        ax.plot([suggested], [losses[at]], "o", color="#55a868", ms=8, label=f"fastai's valley = {suggested:.1e}")
+    ax.set_xscale("log")
+    ax.set_ylim(top=min(max(losses), 1.5 * losses[0]))  # the divergence at the end would squash the curve
+    ax.set_xlabel("learning rate (log scale), one batch per step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _box(ax, x: float, y: float, text: str, w: float, h: float, color: str, fontsize: float = 9,
+         weight: str = "normal") -> None:
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.01,rounding_size=0.02",
+                                facecolor=color, edgecolor="#333333", lw=1))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, fontweight=weight, wrap=True)
+
+
+def _arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = "") -> None:
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="#333333", lw=1.3))
+    if text:
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.035, text, ha="center", fontsize=8,
+                color="#555555")
+
+
+def pipeline_diagram() -> matplotlib.figure.Figure:
+    """The course's pipeline as boxes: a photo and a message to products and replies (notebooks in brackets)."""
+    fig, ax = plt.subplots(figsize=(12, 5.6))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    w, h, y1 = 0.135, 0.15, 0.84
+    photo = [(0.07, "shopper's\nphoto", "#f2f2f2"), (0.235, "background\nremoval (05)", "#fde2c8"),
+             (0.40, "CNN fine-tuned\non Fashion-37\n(02)", "#d6e4f5"), (0.565, "embedding:\n512 numbers\n(03)", "#d6e4f5"),
+             (0.73, "index: nearest\nneighbours (04)", "#d6e4f5"), (0.915, "similar\nproducts", "#dff0d8")]
+    for x, text, color in photo:
+        _box(ax, x, y1, text, w, h, color, fontsize=10)
+    for (x0, *_), (x1, *_) in zip(photo, photo[1:]):
+        _arrow(ax, (x0 + w / 2, y1), (x1 - w / 2, y1))
+    yc = 0.55
+    _box(ax, 0.40, yc, "catalogue: images\n+ styles.csv (01)", 0.18, 0.12, "#f2f2f2", fontsize=10)
+    _arrow(ax, (0.40, yc + 0.06), (0.40, y1 - h / 2))
+    ax.text(0.407, (yc + y1) / 2 - 0.01, "trains", fontsize=9, color="#555555")
+    _arrow(ax, (0.49, yc + 0.02), (0.73, y1 - h / 2))
+    ax.text(0.62, yc + 0.03, "every catalogue image is\nembedded once and indexed", fontsize=9, color="#555555")
+    ym, yi, ys = 0.19, 0.28, 0.09
+    _box(ax, 0.07, ym, "shopper's\nmessage", w, h, "#f2f2f2", fontsize=10)
+    _box(ax, 0.40, yi, "intent classifier: bag of words\n-> 3-layer network (06)", 0.27, 0.12, "#e8dff5", fontsize=10)
+    _box(ax, 0.40, ys, "text search: BM25 +\nname embeddings (06b)", 0.27, 0.12, "#e8dff5", fontsize=10)
+    _box(ax, 0.73, yi, "a reply: orders, returns,\npayment, greetings ...", 0.21, 0.12, "#dff0d8", fontsize=10)
+    _box(ax, 0.73, ys, "matching products", 0.21, 0.12, "#dff0d8", fontsize=10)
+    _arrow(ax, (0.07 + w / 2, ym + 0.03), (0.40 - 0.135, yi))
+    _arrow(ax, (0.07 + w / 2, ym - 0.03), (0.40 - 0.135, ys))
+    ax.text(0.25, 0.0, "when it asks for products", fontsize=9, color="#555555", ha="right")
+    _arrow(ax, (0.40 + 0.135, yi), (0.73 - 0.105, yi))
+    _arrow(ax, (0.40 + 0.135, ys), (0.73 - 0.105, ys))
+    ax.text(0.93, 0.19, "07: how good\nis it?\n08: the chat\nputs both\ntogether", ha="center", va="center",
+            fontsize=10, color="#333333")
+    ax.set_title("ShopBot: a photo or a message in, products or a reply out (notebook numbers in brackets)",
+                 fontsize=11)
+    return fig
+
+
+def _layer_label(module) -> str:
+    """A short name for one layer of a fastai head, with its size."""
+    name = type(module).__name__
+    if name == "AdaptiveConcatPool2d":
+        return "concat pool\nmax, mean\nper channel"
+    if name == "Flatten":
+        return "flatten"
+    if name.startswith("BatchNorm"):
+        return f"Batch-\nNorm\n{module.num_features}"
+    if name == "Dropout":
+        return f"dropout\np = {module.p:g}"
+    if name == "Linear":
+        return f"linear\n{module.in_features}\n\u2192 {module.out_features}"
+    if name == "ReLU":
+        return "ReLU\nmax(0, x)"
+    return name
+
+
+def head_diagram(model) -> matplotlib.figure.Figure:
+    """A ``ShopNet``'s fastai head, one box per layer, the embedding (output of ``head[embed_cut - 1]``) marked."""
+    layers, cut = list(model.head), model.embed_cut
+    n = len(layers) + 2
+    fig, ax = plt.subplots(figsize=(14, 2.9))
+    ax.set_xlim(0, n)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    channels = layers[2].num_features // 2 if hasattr(layers[2], "num_features") else "C"
+    labels = [f"body's\nfeature map\n{channels} x h x w"]
+    labels += [_layer_label(m) for m in layers] + ["softmax\n\u2192 class\nprobabilities"]
+    for i, text in enumerate(labels):
+        color = "#f2f2f2" if i in (0, n - 1) else ("#d6e4f5" if i <= cut else "#fde2c8")
+        _box(ax, i + 0.5, 0.55, text, 0.86, 0.5, color, fontsize=8.5)
+        if i:
+            _arrow(ax, (i - 0.07, 0.55), (i + 0.07, 0.55))
+    ax.annotate("", xy=(cut + 1, 0.29), xytext=(cut + 1, 0.13),
+                arrowprops=dict(arrowstyle="-|>", color="firebrick", lw=1.5))
+    ax.text(cut + 1, 0.04, f"the embedding: {model.embed_dim} numbers", ha="center", fontsize=9, color="firebrick")
+    ax.text((cut + 1) / 2 + 0.5, 0.9, "blue: computes the embedding", ha="center", fontsize=9, color="#2b5a8f")
+    ax.text((cut + n) / 2 + 0.5, 0.9, "orange: one score per class", ha="center", fontsize=9, color="#a0522d")
     return fig
 
 
@@ -139,11 +260,11 @@ def similar_grid(queries: Sequence[Path | Image.Image], results: Sequence[Sequen
 
 
 def metrics_vs_baseline(metrics: dict) -> matplotlib.figure.Figure:
-    """Our test metrics next to the frozen baseline and the targets."""
+    """Our test metrics (the poster score as the bot ships it) next to the frozen baseline and the targets."""
     names = ["accuracy", "macro_f1", "poster_score"]
     ours = [metrics["classification"]["accuracy"], metrics["classification"]["macro_f1"],
-            metrics["retrieval"]["poster_score"]]
-    base = [metrics["baseline_reference"][n] for n in names]
+            metrics["retrieval_shipped"][-1]["poster_score"]]
+    base = [metrics["frozen_baseline"][n] for n in names]
     x = np.arange(len(names))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5), gridspec_kw={"width_ratios": [3, 1]})
     ax.bar(x - 0.2, base, 0.4, label="frozen ImageNet baseline", color="#bbbbbb")
@@ -152,9 +273,10 @@ def metrics_vs_baseline(metrics: dict) -> matplotlib.figure.Figure:
         ax.hlines(metrics["targets"][n], i - 0.45, i + 0.45, colors="firebrick", linestyles="--",
                   label="target" if i == 0 else None)
         ax.text(i + 0.2, ours[i] + 0.005, f"{ours[i]:.3f}", ha="center", fontsize=8)
+        ax.text(i - 0.2, base[i] + 0.005, f"{base[i]:.3f}", ha="center", fontsize=8)
     ax.set_xticks(x, names)
-    ax.set_ylim(0.7, 1.0)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(max(0.0, np.floor(min(base + ours) * 10) / 10 - 0.1), 1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3, fontsize=8, frameon=False)
     ax.set_title(f"test split ({metrics['classification']['n']:,} images)")
     lat = metrics["latency_similar"]
     ax2.bar(["p50", "p95"], [lat["p50_ms"], lat["p95_ms"]], color="#55a868")
@@ -177,8 +299,31 @@ def threshold_tradeoff(curve: pd.DataFrame, chosen: float, max_fallback: float) 
     ax.set_xlabel("confidence threshold")
     ax.set_ylabel("rate (validation)")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Fallback threshold: catching out-of-scope costs in-scope answers")
-    ax.legend(loc="center right", fontsize=8)
+    ax.set_title("Fallback threshold: catching out-of-scope costs in-scope answers", pad=34)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)  # above the curves
+    return fig
+
+
+def fallback_confidence(conf_in: np.ndarray, conf_out: np.ndarray, threshold: float) -> matplotlib.figure.Figure:
+    """Share of in-scope and of out-of-scope messages at each confidence, the fallback threshold marked."""
+    bins = np.linspace(0, 1, 21)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for conf, label, colour in ((conf_in, "in-scope questions", "#4c72b0"), (conf_out, "out-of-scope questions", "#dd8452")):
+        conf = np.clip(np.asarray(conf, dtype=float), 0, 1)
+        ax.hist(conf, bins=bins, weights=np.full(len(conf), 1 / max(1, len(conf))), color=colour, alpha=0.55,
+                edgecolor=colour, lw=1.2, label=f"{label} ({len(conf):,})")
+    ax.axvline(threshold, color="firebrick", ls="--", lw=1.5)
+    ax.text(threshold - 0.01, 0.93, "fall back", ha="right", color="firebrick", fontsize=9, transform=ax.get_xaxis_transform())
+    ax.text(threshold + 0.01, 0.93, f"answer (threshold {threshold:.2f})", ha="left", color="firebrick", fontsize=9,
+            transform=ax.get_xaxis_transform())
+    ax.set_yscale("log")
+    ax.set_ylim(top=4)  # room above the tallest bar for the labels
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence: the highest probability of an in-scope intent")
+    ax.set_ylabel("share of the messages (log scale)")
+    ax.set_title("Confidence of held-out messages: in scope or not", pad=22)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -336,14 +481,14 @@ def text_search_rankers(report: pd.DataFrame, half: str = "test") -> matplotlib.
         err = np.abs(np.array([part["p_at_5"] - np.array(lo), np.array(hi) - part["p_at_5"]]))
         ax.barh(y + offset, part["p_at_5"], 0.4, xerr=err, color=colour, capsize=2,
                 label=f"{wording.replace('_', '-')} wording")
-        for yi, value in zip(y + offset, part["p_at_5"]):
-            ax.text(min(value, 1) + 0.01, yi, f"{value:.2f}", va="center", fontsize=8)
+        for yi, value, top in zip(y + offset, part["p_at_5"], hi):  # the label right of the interval
+            ax.text(min(np.nanmax([value, top]), 1) + 0.015, yi, f"{value:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, rankers)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
     ax.set_xlabel(f"P@5 ({half} half of the attribute groups; bars: 95% bootstrap interval)")
-    ax.set_title("Text search: share of the top 5 that match every asked attribute")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Text search: share of the top 5 that match every asked attribute", pad=24)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)  # above the bars
     fig.tight_layout()
     return fig
 
@@ -362,3 +507,19 @@ def search_examples(queries: Sequence[str], results: Sequence[Sequence], catalog
             axes[row, col].set_title(f"{product.articleType}\n{product.baseColour} {product.gender}".strip(), fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def photo_turns(rows: Sequence[tuple], catalogue: Catalogue) -> matplotlib.figure.Figure:
+    """A shopper's photo searches, one row each: the photo, what the bot embedded (its cut-out, or the
+    photo itself), then the products it answered. ``rows``: ``(label, photo, embedded, [Product, ...], true type)``;
+    green titles share the photo's article type."""
+    images, titles, colors = [], [], []
+    for label, photo, embedded, found, truth in rows:
+        images += [photo, embedded]
+        titles += [f"shopper's photo\n{truth}", label]
+        colors += ["black", "black"]
+        for p in found:
+            images.append(catalogue.image_path(p.id))
+            titles.append(f"{p.articleType}\n{p.score:.2f}")
+            colors.append("green" if p.articleType == truth else "firebrick")
+    return _show_images(images, titles, cols=2 + max(len(r[3]) for r in rows), size=1.3, colors=colors)

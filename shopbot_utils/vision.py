@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -272,6 +273,82 @@ def _metrics():
     return [accuracy, F1Score(average="macro")]
 
 
+@dataclass
+class TrainingHistory:
+    """A fastai recorder's curves, copied when training ends.
+
+    fastai's ``get_preds`` and ``validate`` open a new "fit" on the same learner, which empties
+    its recorder (one validation row, no training loss is left): ``train_model`` calls
+    ``get_preds`` right after training, so the curves are kept here first.
+    """
+
+    names: list[str]            # the per-epoch columns: train_loss, valid_loss, then the metrics
+    values: list[list[float]]   # one row per epoch
+    losses: list[float]         # the training loss of every batch (fastai's moving average)
+    seconds: list[float] = field(default_factory=list)  # each epoch's wall time, when timed
+
+    @classmethod
+    def from_recorder(cls, recorder, seconds: Sequence[float] = ()) -> "TrainingHistory":
+        """A copy of ``recorder``'s curves; ``ValueError`` if a prediction has already emptied it."""
+        names = list(recorder.metric_names[1:-1])  # without 'epoch' and 'time'
+        values = [[float(v) for v in row] for row in recorder.values]
+        if not recorder.losses or any(len(row) != len(names) for row in values):
+            raise ValueError("the recorder holds no training run (get_preds or validate empties it): "
+                             "copy it right after fit, or use the learner's .history")
+        return cls(names, values, [float(v) for v in recorder.losses], [float(t) for t in seconds])
+
+    def table(self):
+        """One row per epoch (a DataFrame): epoch, the recorded columns, and seconds when timed."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.values, columns=self.names)
+        frame.insert(0, "epoch", range(1, len(frame) + 1))
+        if len(self.seconds) == len(frame):
+            frame["seconds"] = self.seconds
+        return frame
+
+
+def _epoch_timer():
+    """A fastai callback that times each epoch of a fit (``.seconds``)."""
+    from fastai.callback.core import Callback
+
+    class EpochTimer(Callback):
+        def before_fit(self):
+            self.seconds = []
+
+        def before_epoch(self):
+            self.start = time.perf_counter()
+
+        def after_epoch(self):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    return EpochTimer()
+
+
+def _fit_keeping_history(learn, fit: Callable) -> None:
+    """Run ``fit(cbs)`` and keep the recorder's curves as ``learn.history``."""
+    timer = _epoch_timer()
+    fit([timer])
+    learn.history = TrainingHistory.from_recorder(learn.recorder, timer.seconds)
+
+
+def cached_learner(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray],
+                   valid: tuple[torch.Tensor, np.ndarray], batch_size: int = 64, path: str | Path = "."):
+    """The fastai ``Learner`` that CPU mode trains: ``body[cut:]`` and the head, fed with cached
+    ``body[:cut]`` features (flipped at random for training), label-smoothed cross-entropy, accuracy
+    and macro-F1. ``path``: where fastai may write (``lr_find`` saves the weights there meanwhile)."""
+    import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle and Learner.lr_find
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.losses import LabelSmoothingCrossEntropyFlat
+
+    _plain_fastai_progress()
+    trainable = nn.Sequential(model.body[cut:], model.head)
+    dls = DataLoaders.from_dsets(_FeatureDataset(*train, flip=True), _FeatureDataset(*valid, flip=False),
+                                 bs=batch_size, num_workers=0, device=torch.device("cpu"))
+    return Learner(dls, trainable, loss_func=LabelSmoothingCrossEntropyFlat(), metrics=_metrics(), path=path)
+
+
 def train_cached(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray],
                  valid: tuple[torch.Tensor, np.ndarray], epochs: int = 5, lr: float = 2e-3,
                  batch_size: int = 64, seed: int = config.SEED):
@@ -279,20 +356,11 @@ def train_cached(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray
 
     The frozen layers run once per image (``run_prefix``), so an epoch costs only the top
     layers. Flipping the cached feature maps stands in for flipping the images. Returns the
-    fastai ``Learner`` (its ``recorder`` holds the curves).
+    fastai ``Learner``; its ``history`` (a ``TrainingHistory``) holds the curves.
     """
-    import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
-    from fastai.losses import LabelSmoothingCrossEntropyFlat
-
     config.seed_everything(seed)
-    _plain_fastai_progress()
-    trainable = nn.Sequential(model.body[cut:], model.head)
-    dls = DataLoaders.from_dsets(_FeatureDataset(*train, flip=True), _FeatureDataset(*valid, flip=False),
-                                 bs=batch_size, num_workers=0, device=torch.device("cpu"))
-    learn = Learner(dls, trainable, loss_func=LabelSmoothingCrossEntropyFlat(), metrics=_metrics())
-    learn.fit_one_cycle(epochs, lr)
+    learn = cached_learner(model, cut, train, valid, batch_size)
+    _fit_keeping_history(learn, lambda cbs: learn.fit_one_cycle(epochs, lr, cbs=cbs))
     model.eval()
     return learn
 
@@ -303,7 +371,8 @@ def train_full(model: ShopNet, items: Sequence, labels: Sequence[str], is_valid:
                seed: int = config.SEED):
     """GPU mode: fastai ``fine_tune`` of the whole network on augmented images.
 
-    ``items`` are image paths; the head trains alone for ``freeze_epochs``, then everything.
+    ``items`` are image paths; the head trains alone for ``freeze_epochs``, then everything
+    (``learn.history``: the curves of that second part).
     """
     import fastai.callback.schedule  # noqa: F401 - adds Learner.fine_tune
     import pandas as pd
@@ -327,6 +396,7 @@ def train_full(model: ShopNet, items: Sequence, labels: Sequence[str], is_valid:
     dls = block.dataloaders(frame, bs=batch_size, device=default_device(), num_workers=0)
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(), metrics=_metrics(),
                     splitter=lambda m: [params(m.body), params(m.head)])
-    learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs)
+    # fine_tune fits twice (head alone, then everything): the history is the second fit's.
+    _fit_keeping_history(learn, lambda cbs: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, cbs=cbs))
     model.cpu().eval()
     return learn
