@@ -97,3 +97,22 @@ def test_full_mode_keeps_the_history_of_its_unfrozen_epochs(catalogue):
     learn.get_preds(ds_idx=1)
     lines = _lines(plots.training_curves(learn))
     assert list(lines["valid loss"]) == [1, 2] and len(learn.history.seconds) == 2
+
+
+def _legends_above_axes(fig) -> bool:
+    """Every legend lies above its axes' plotting area (none covers the data)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = [ax.get_legend().get_window_extent(renderer).y0 >= ax.get_window_extent(renderer).y1 - 1
+             for ax in fig.axes if ax.get_legend() is not None]
+    return bool(found) and all(found)
+
+
+def test_lr_finder_marks_the_chosen_rate_and_keeps_its_legend_off_the_curve():
+    lrs = np.logspace(-7, 0, 50)
+    losses = 3.7 - np.log10(lrs / 1e-7) * 0.2 + (lrs > 0.1) * 5.0
+    fig = plots.lr_finder(lrs, losses, chosen=2e-3, suggested=5e-4)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines["chosen lr = 0.002"].get_xdata()) == [2e-3, 2e-3]
+    assert _legends_above_axes(fig) and _legends_above_axes(
+        plots.training_curves(vision.TrainingHistory(["train_loss", "valid_loss", "accuracy"], [[1.0, 0.9, 0.5]] * 2, [1.0] * 8)))
