@@ -3,7 +3,7 @@
     python benchmarks/bench_search.py [--artifacts artifacts] [--refine-cases 200]
 
 Text search: one query per attribute group (type x colour x gender, >= 5 products) in three
-wordings, for today's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker
+wordings, for the old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker
 (P@5, nDCG@10 with bootstrap intervals, zero-result and violation rates, p50/p95). Refinement:
 "like this, but in <colour>" from catalogue anchors. Class prior: the strict poster score of
 ``similar`` with and without it. Prints tables and writes JSON (``<artifacts>/benchmarks/search.json``).

@@ -63,7 +63,7 @@ _LEGACY_GENDER_RE = {g: _legacy_pattern(w) for g, w in _LEGACY_GENDERS.items()}
 
 
 def legacy_understand(text: str) -> dict:
-    """The parser ``ask`` used before text search (kept as the benchmark's "today" baseline)."""
+    """The parser ``ask`` used before text search (kept as the benchmark's baseline, the "old parser")."""
     text = text.lower().replace("'s", "").replace("’s", "")
     found = {}
     spans = {t: [m.span() for m in p.finditer(text)] for t, p in _LEGACY_TYPE_RE.items()}
@@ -193,12 +193,12 @@ def evaluate_ranker(rank: Callable[[str], np.ndarray], products: pd.DataFrame, g
 
 
 def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.ndarray]]:
-    """Today's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker."""
+    """The old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker."""
     def top(scores: np.ndarray) -> np.ndarray:
         best = np.argsort(-scores, kind="stable")[:k]
         return best[scores[best] > -np.inf]
 
-    out = {"today (filter, first rows)": lambda t: legacy_first_rows(search.products, t, k),
+    out = {"old parser (filter, first rows)": lambda t: legacy_first_rows(search.products, t, k),
            "BM25 alone": lambda t: (lambda s: top(np.where(s > 0, s, -np.inf)))(search.bm25_scores(t))}
     if search.name_vectors is not None:
         out["MiniLM alone"] = lambda t: top(search.dense_scores(t))
