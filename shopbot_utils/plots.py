@@ -259,6 +259,44 @@ def similar_grid(queries: Sequence[Path | Image.Image], results: Sequence[Sequen
     return fig
 
 
+def embedding_projection(points: np.ndarray, labels: Sequence[str],
+                         explained: Sequence[float] | None = None) -> matplotlib.figure.Figure:
+    """2-D projections of embeddings (n, 2), one colour per article type, named at its median where room allows."""
+    labels = np.asarray(labels, dtype=object)
+    kinds, counts = np.unique(labels, return_counts=True)
+    palette = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors, *plt.get_cmap("Dark2").colors]
+    colour = {kind: palette[i % len(palette)] for i, kind in enumerate(kinds)}
+    fig, ax = plt.subplots(figsize=(10, 8))
+    for kind in kinds:
+        part = points[labels == kind]
+        ax.scatter(part[:, 0], part[:, 1], s=7, color=colour[kind], alpha=0.6, edgecolors="none")
+    low, high = points.min(axis=0), points.max(axis=0)
+    ax.set_xlim(low[0] - 0.03 * (high[0] - low[0]), high[0] + 0.03 * (high[0] - low[0]))
+    ax.set_ylim(low[1] - 0.03 * (high[1] - low[1]), high[1] + 0.03 * (high[1] - low[1]))
+    renderer, placed, unlabelled = fig.canvas.get_renderer(), [], []
+    for kind in kinds[np.argsort(-counts, kind="stable")]:  # the largest types get their labels first
+        text = ax.annotate(kind, tuple(np.median(points[labels == kind], axis=0)), fontsize=8, ha="center",
+                           va="center", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": colour[kind],
+                                              "alpha": 0.8})
+        box = text.get_window_extent(renderer).expanded(1.1, 1.3)
+        if any(box.overlaps(other) for other in placed):
+            text.remove()  # no room: named in the key beside the plot instead
+            unlabelled.append(kind)
+        else:
+            placed.append(box)
+    if unlabelled:
+        handles = [plt.Line2D([], [], ls="", marker="o", color=colour[kind], label=kind) for kind in sorted(unlabelled)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
+                  title="no room for a label:", title_fontsize=8)
+    share = (lambda j: f" ({explained[j]:.0%} of the variance)") if explained is not None else (lambda j: "")
+    ax.set_xlabel(f"first principal direction{share(0)}")
+    ax.set_ylabel(f"second principal direction{share(1)}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{len(points):,} embeddings of {len(kinds)} article types, on their two main directions")
+    return fig
+
+
 def metrics_vs_baseline(metrics: dict) -> matplotlib.figure.Figure:
     """Our test metrics (the poster score as the bot ships it) next to the frozen baseline and the targets."""
     names = ["accuracy", "macro_f1", "poster_score"]

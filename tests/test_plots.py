@@ -116,3 +116,22 @@ def test_lr_finder_marks_the_chosen_rate_and_keeps_its_legend_off_the_curve():
     assert list(lines["chosen lr = 0.002"].get_xdata()) == [2e-3, 2e-3]
     assert _legends_above_axes(fig) and _legends_above_axes(
         plots.training_curves(vision.TrainingHistory(["train_loss", "valid_loss", "accuracy"], [[1.0, 0.9, 0.5]] * 2, [1.0] * 8)))
+
+
+def test_embedding_projection_names_every_type_once_and_no_label_hides_another():
+    rng = np.random.default_rng(0)
+    centres = {"Tshirts": (0, 0), "Shirts": (5, 5), "Socks": (5.02, 5.02), "Ties": (5.04, 4.98)}  # three share a spot
+    labels = [kind for kind in centres for _ in range(20)]
+    points = np.array([centres[kind] for kind in labels]) + rng.normal(0, 0.05, (len(labels), 2))
+    fig = plots.embedding_projection(points, labels, explained=[0.2, 0.1])
+    ax = fig.axes[0]
+    named = [t.get_text() for t in ax.texts]
+    legend = ax.get_legend()
+    keyed = [t.get_text() for t in legend.get_texts()] if legend else []
+    assert sorted(named + keyed) == sorted(centres) and keyed  # each type once; the crowded ones in the key
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1  # beside the data, not on it
+    assert min(t.get_fontsize() for t in [*ax.texts, *legend.get_texts()]) >= 8
+    assert "20% of the variance" in ax.get_xlabel()
