@@ -355,7 +355,8 @@ def train_cached(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray
     """CPU mode: fine-tune ``body[cut:]`` and the head on cached ``body[:cut]`` features.
 
     The frozen layers run once per image (``run_prefix``), so an epoch costs only the top
-    layers. Flipping the cached feature maps stands in for flipping the images. Returns the
+    layers. Flipping the cached feature maps approximates flipping the images (augmentation in
+    feature space; notebook 02 measures how close it is). Returns the
     fastai ``Learner``; its ``history`` (a ``TrainingHistory``) holds the curves.
     """
     config.seed_everything(seed)
