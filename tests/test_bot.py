@@ -144,3 +144,21 @@ def test_cli_search(small_artifacts, capsys):
     assert main(["--artifacts", str(small_artifacts[0]), "search", "black casual shoes for men"]) == 0
     out = capsys.readouterr().out
     assert "understood: baseColour: Black; articleType: Casual Shoes; gender: Men" in out and "Casual Shoes" in out
+
+
+_PRODUCTS = "id,articleType,subCategory,baseColour,productDisplayName,gender,usage\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,articleType,subCategory,baseColour\n1,Heels,Shoes,Black\n", r"missing the column\(s\) productDisplayName"),
+    (_PRODUCTS + "1,Heels,Shoes,Black,A,Women,Party\n2,Heels,Shoes,Red,B,Women,Party\n1,Bra,Innerwear,Red,C,Women,\n",
+     r"2 rows share an id \(e\.g\. 1\)"),
+    (_PRODUCTS + "x7,Heels,Shoes,Black,A,Women,Party\n", r"ids that are not whole numbers \(e\.g\. 'x7'\)"),
+    ("", "is empty"),
+])
+def test_a_bad_products_csv_gets_one_clear_message(tmp_path, text, message):
+    from shopbot_utils.bot import load_products
+
+    (tmp_path / "products.csv").write_text(text)
+    with pytest.raises(ArtifactError, match=f"products.csv.*{message}.*make run"):
+        load_products(tmp_path)
