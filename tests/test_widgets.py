@@ -162,3 +162,13 @@ def test_errors_keep_the_app_usable(app):
     assert "\u26a0" in html_of(rows(app, "bot")[-1])  # marked by a sign and words, not colour alone
     press_enter(app, "How much is shipping?")
     assert app.conversation.turns[-1].kind == "answer"
+
+
+def test_thumbs_say_so_when_feedback_cannot_be_saved(chat_bot, catalogue, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # the log's folder cannot be made: as a read-only artifacts folder
+    app = ChatApp(Conversation(chat_bot, catalogue=catalogue, feedback_log=blocker / "feedback.jsonl"))
+    press_enter(app, "How much is shipping?")
+    answer = rows(app, "bot")[-1]
+    buttons(answer, "Helpful")[0].click()
+    assert "could not be saved" in html_of(answer) and not buttons(answer, "Helpful")
