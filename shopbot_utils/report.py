@@ -20,6 +20,7 @@ from typing import Iterable
 import nbformat
 
 from . import config
+from .artifacts import write_atomic
 
 #: The parameters of a small run: every notebook top to bottom on CPU in a few minutes (tests, golden).
 SMALL_PARAMETERS = {"per_class": 4, "epochs": 1, "scope": "split", "latency_queries": 5, "n_examples": 3,
@@ -231,8 +232,8 @@ def write_results(notebooks: Iterable[str | Path] | None = None, results_file: P
     notebooks = sorted((config.ROOT / "notebooks").glob("[0-9]*.ipynb")) if notebooks is None else notebooks
     found = collect_results(notebooks)
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(found, indent=1, ensure_ascii=False) + "\n")
-    readme.write_text(render_readme(readme.read_text(), found))
+    write_atomic(results_file, json.dumps(found, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(readme, render_readme(readme.read_text(), found))
     return found
 
 
