@@ -1,12 +1,19 @@
-"""The chat in a real browser: Voilà serving notebook 08 on 127.0.0.1 and Playwright driving Debian's
-chromium on a closed network. Used by ``tests/test_browser.py`` and ``benchmarks/bench_chat.py``."""
+"""The course in a real browser: Playwright driving Debian's chromium on a closed network, against the
+chat (Voilà serving notebook 08), JupyterLab (``make lab``) or the course's website (``make book``), each
+served on 127.0.0.1. Used by ``tests/test_browser.py``, ``tests/test_lab.py``, ``tests/test_book.py`` and
+``benchmarks/bench_chat.py``."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -79,9 +86,8 @@ def serve_chat(artifacts: str | Path, data: str | Path | None, log: Path, timeou
             proc.kill()
 
 
-def open_page(playwright, url: str, blocked: list[str], viewport=(1100, 1000)):
-    """(browser, page) on ``url``, every request to another host aborted and recorded in ``blocked``;
-    returns once the greeting is drawn."""
+def launch(playwright, blocked: list[str], viewport=(1100, 1000)):
+    """(browser, page): chromium with every request to another host aborted and recorded in ``blocked``."""
     def only_local(route):
         if route.request.url.startswith("data:") or urlparse(route.request.url).hostname in LOCAL_HOSTS:
             route.continue_()
@@ -92,6 +98,12 @@ def open_page(playwright, url: str, blocked: list[str], viewport=(1100, 1000)):
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=QUIET_FLAGS)
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.route("**/*", only_local)
+    return browser, page
+
+
+def open_page(playwright, url: str, blocked: list[str], viewport=(1100, 1000)):
+    """(browser, page) on the chat at ``url`` (see ``launch``); returns once the greeting is drawn."""
+    browser, page = launch(playwright, blocked, viewport)
     page.goto(url, timeout=120_000)
     page.get_by_text("Hi, I'm ShopBot").wait_for(timeout=180_000)
     return browser, page
@@ -134,3 +146,59 @@ def photo_turn(page, path: str | Path) -> float:
     page.locator("button.shopbot-send").click()
     wait_for_bot_turn(page, before)
     return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- JupyterLab (make lab)
+_LAB_URL = re.compile(r"http://127\.0\.0\.1:\d+/lab\?token=[0-9a-f]+")
+
+
+@contextlib.contextmanager
+def serve_lab(log: Path, env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``make lab`` on a free local port, in its own process group as in a terminal; yields (the lab URL
+    with its token, as it printed it; the make process). Stops it as Ctrl-C would (see ``stop_lab``)."""
+    # make test has built the environment: the test starts the server, never an install (-o: up to date)
+    cmd = ["make", "--no-print-directory", "-o", ".venv/.installed", "lab", f"LAB_PORT={_free_port()}",
+           "LAB_FLAGS=--no-browser"]
+    with Path(log).open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (found := _LAB_URL.search(Path(log).read_text())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"make lab printed no URL (exit {proc.poll()}):\n{Path(log).read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield found.group(0), proc
+    finally:
+        if proc.poll() is None:
+            stop_lab(proc)
+
+
+def stop_lab(proc: subprocess.Popen, timeout_s: float = 30) -> int:
+    """Ctrl-C to ``make lab``'s process group (without a terminal Jupyter stops at once); its exit code."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise RuntimeError(f"make lab did not stop within {timeout_s} s of Ctrl-C") from None
+
+
+# ----------------------------------------------------------------------------- the website (make book)
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: str | Path) -> Iterator[str]:
+    """A static folder (the built book) over HTTP on a free local port, as a web host would; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
