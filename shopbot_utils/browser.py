@@ -89,7 +89,7 @@ def serve_chat(artifacts: str | Path, data: str | Path | None, log: Path, timeou
 def launch(playwright, blocked: list[str], viewport=(1100, 1000)):
     """(browser, page): chromium with every request to another host aborted and recorded in ``blocked``."""
     def only_local(route):
-        if route.request.url.startswith("data:") or urlparse(route.request.url).hostname in LOCAL_HOSTS:
+        if route.request.url.startswith(("data:", "file:")) or urlparse(route.request.url).hostname in LOCAL_HOSTS:
             route.continue_()
         else:
             blocked.append(route.request.url)
@@ -152,37 +152,88 @@ def photo_turn(page, path: str | Path) -> float:
 _LAB_URL = re.compile(r"http://127\.0\.0\.1:\d+/lab\?token=[0-9a-f]+")
 
 
-@contextlib.contextmanager
-def serve_lab(log: Path, env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``make lab`` on a free local port, in its own process group as in a terminal; yields (the lab URL
-    with its token, as it printed it; the make process). Stops it as Ctrl-C would (see ``stop_lab``)."""
-    # make test has built the environment: the test starts the server, never an install (-o: up to date)
-    cmd = ["make", "--no-print-directory", "-o", ".venv/.installed", "lab", f"LAB_PORT={_free_port()}",
-           "LAB_FLAGS=--no-browser"]
-    with Path(log).open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
+class Terminal:
+    """A command in a terminal of its own (a pseudo-terminal that is its controlling terminal), as a
+    student runs ``make lab``: what it prints is copied to ``log``; ``press`` types keys, Ctrl-C included."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT):
+        import fcntl
+        import pty
+        import termios
+
+        def own_terminal() -> None:  # in the child: a new session whose controlling terminal is the pty
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.log = Path(log)
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdin=slave, stdout=slave,
+                                     stderr=slave, preexec_fn=own_terminal, close_fds=True)
+        os.close(slave)
+        self._reader = threading.Thread(target=self._copy_output, daemon=True)
+        self._reader.start()
+
+    def _copy_output(self) -> None:
+        with self.log.open("wb") as out:
+            while True:
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:  # the terminal closed: everyone in it has exited
+                    break
+                if not data:
+                    break
+                out.write(data)
+                out.flush()
+
+    def text(self) -> str:
+        """Everything printed so far."""
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def press(self, keys: str) -> None:
+        """Type ``keys`` ("\x03" is Ctrl-C: the terminal sends SIGINT to what runs in it)."""
+        os.write(self.master, keys.encode())
+
+    def wait_for(self, pattern: str | re.Pattern, timeout_s: float) -> re.Match:
+        """The first match of ``pattern`` in what it printed, once it has printed it."""
         deadline = time.monotonic() + timeout_s
-        while not (found := _LAB_URL.search(Path(log).read_text())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"make lab printed no URL (exit {proc.poll()}):\n{Path(log).read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield found.group(0), proc
-    finally:
-        if proc.poll() is None:
-            stop_lab(proc)
+        while not (found := re.search(pattern, self.text())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.5)  # the last lines
+                raise RuntimeError(f"no {pattern!r} (exit {self.proc.poll()}):\n{self.text()[-3000:]}")
+            time.sleep(0.3)
+        return found
+
+    def close(self, timeout_s: float = 30) -> None:
+        """Kill whatever still runs in it (after a failed test) and close it."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout_s)
+        self._reader.join(5)
+        os.close(self.master)
 
 
-def stop_lab(proc: subprocess.Popen, timeout_s: float = 30) -> int:
-    """Ctrl-C to ``make lab``'s process group (without a terminal Jupyter stops at once); its exit code."""
-    os.killpg(proc.pid, signal.SIGINT)
+@contextlib.contextmanager
+def serve_lab(log: Path, env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[tuple[str, Terminal]]:
+    """``make lab`` in a terminal of its own on a free local port; yields (the lab URL with its token, as it
+    printed it; the terminal). Whatever still runs at the end is killed."""
+    # make test has built the environment: the test starts the server, never an install (-o: up to date)
+    terminal = Terminal(["make", "--no-print-directory", "-o", ".venv/.installed", "lab", f"LAB_PORT={_free_port()}",
+                         "LAB_FLAGS=--no-browser"], log, env)
     try:
-        return proc.wait(timeout_s)
+        yield terminal.wait_for(_LAB_URL, timeout_s).group(0), terminal
+    finally:
+        terminal.close()
+
+
+def stop_lab(terminal: Terminal, timeout_s: float = 30) -> int:
+    """Stop ``make lab`` as its README says: Ctrl-C, then ``y`` at Jupyter's question; make's exit code."""
+    terminal.press("\x03")
+    terminal.wait_for(r"Shut down this Jupyter server \(y/\[n\]\)\?", 10)
+    terminal.press("y\n")
+    try:
+        return terminal.proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise RuntimeError(f"make lab did not stop within {timeout_s} s of Ctrl-C") from None
+        raise RuntimeError(f"make lab did not stop within {timeout_s} s:\n{terminal.text()[-2000:]}") from None
 
 
 # ----------------------------------------------------------------------------- the website (make book)

@@ -140,7 +140,15 @@ def test_the_book_in_a_real_browser(book, tmp_path_factory):
                 page.screenshot(path=str(shots / "book_index.png"), full_page=True)
                 article.locator("div.math").first.screenshot(path=str(shots / "book_equation.png"))
             if i == 2:
+                page.evaluate("window.scrollTo(0, 0)")
                 page.screenshot(path=str(shots / "book_notebook.png"))
+
+        # opened from the disk (file://), no server: the landing page still draws its picture and equations
+        page.goto((book / "index.html").as_uri())
+        page.wait_for_function("[...document.querySelectorAll('article img')].every(i => i.complete && i.naturalWidth > 0)"
+                               " && document.querySelectorAll('article .math mjx-container').length >= 3",
+                               timeout=30_000)
+        assert page.locator("article mjx-merror").count() == 0
         browser.close()
     print(f"book browser walk: {time.perf_counter() - start:.0f} s for {len(expected)} pages")
     assert not failed, failed[:5]

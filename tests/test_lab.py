@@ -93,7 +93,7 @@ def test_jupyterlab_in_a_real_browser(tmp_path, shots):
         pytest.fail(f"the browser test must run here (SHOPBOT_REQUIRE_BROWSER=1), but {problem}")
     if problem:
         pytest.skip(f"browser test skipped: {problem}")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     # This user's Jupyter state (settings, workspaces, runtime files, user kernels) stays out of the test:
     # the kernel it finds is the one `make env` registered in the venv.
@@ -108,9 +108,9 @@ def test_jupyterlab_in_a_real_browser(tmp_path, shots):
     assert "parameters" in code[0].metadata.get("tags", []) and "import " in code[2].source
 
     start = time.perf_counter()
-    with serve_lab(log, env) as (url, proc):
+    with serve_lab(log, env) as (url, terminal):
         port = urlparse(url).port
-        printed = log.read_text()
+        printed = terminal.text()
         assert "JupyterLab on notebooks/ with the kernel \"ShopBot (.venv)\"" in printed and "Ctrl-C" in printed
         with sync_playwright() as p:
             browser, page = launch(p, blocked, viewport=(1400, 1000))
@@ -126,8 +126,7 @@ def test_jupyterlab_in_a_real_browser(tmp_path, shots):
             panel.locator(".jp-Notebook").wait_for(timeout=60_000)
 
             # the kernel shown is the project's, and it is idle
-            kernel_name = panel.locator(".jp-Toolbar-kernelName")
-            kernel_name.filter(has_text=KERNELSPEC["display_name"]).wait_for(timeout=60_000)
+            expect(panel.locator(".jp-Toolbar-kernelName")).to_have_text(KERNELSPEC["display_name"], timeout=60_000)
             panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
 
             # its headings and its saved figures are drawn
@@ -157,17 +156,19 @@ def test_jupyterlab_in_a_real_browser(tmp_path, shots):
             sessions = _api(url, "/api/sessions")
             assert [s["kernel"]["name"] for s in sessions] == [KERNELSPEC["name"]]
             assert sessions[0]["path"] == NOTEBOOK.name and sessions[0]["kernel"]["execution_state"] == "idle"
+            kernel_id = sessions[0]["kernel"]["id"]
             cells.first.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "lab_cells_run.png"))
             browser.close()
 
-        # Ctrl-C stops the server and its kernel
-        stop_lab(proc)
+        # Ctrl-C, then y: the server stops and shuts its kernel down
+        stop_lab(terminal)
+        out = terminal.text()
     took = time.perf_counter() - start
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=5)
-    out = log.read_text()
-    assert "Shutting down" in out and "Kernel shutdown" in out, out[-2000:]
+    assert "Shutdown confirmed" in out and "Shutting down 1 kernel" in out, out[-2000:]
+    assert f"Kernel shutdown: {kernel_id}" in out, out[-2000:]
     assert "Running as root is not recommended" not in out
     assert {urlparse(u).hostname for u in blocked} <= KNOWN_EXTERNAL, blocked[:5]
     print(f"make lab browser test: {took:.0f} s")
