@@ -83,7 +83,7 @@ demo: env
 # JupyterLab on the course's notebooks, on this machine only; LAB_FLAGS=--no-browser for a server
 # you open yourself. Jupyter prints the URL with its token (the next free port if LAB_PORT is taken).
 lab: env
-	@echo "JupyterLab on notebooks/ with the kernel \"$(KERNEL_DISPLAY)\": open the http://127.0.0.1:...?token=... URL printed below; Ctrl-C twice stops it"
+	@echo "JupyterLab on notebooks/ with the kernel \"$(KERNEL_DISPLAY)\": open the http://127.0.0.1:...?token=... URL printed below; Ctrl-C then y (or Ctrl-C twice) stops it"
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(ALLOW_ROOT) $(LAB_FLAGS)
 
 # The course as a static website (Sphinx + sphinx-book-theme) from the committed, executed notebooks
