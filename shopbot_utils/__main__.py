@@ -1,4 +1,4 @@
-"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build,report,golden}``."""
+"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build,report,golden,book}``."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("executed", help="folder of executed notebooks (make run writes <artifacts>/notebooks)")
     g = sub.add_parser("golden", help="execute notebooks at small parameters into tests/golden (make golden)")
     g.add_argument("notebooks", nargs="+", help="the notebooks, in order")
+    k = sub.add_parser("book", help="build the course's website from the executed notebooks (make book)")
+    k.add_argument("--out", default=None, help="build folder (default: book/_build; the site is in its html/)")
     return p
 
 
@@ -64,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics = build(args.artifacts, args.data, args.per_class, args.backbone, args.mode,
                             args.epochs, args.scope)
             print(json.dumps(metrics, indent=1))
+            return 0
+        if args.command == "book":
+            from .book import BUILD_DIR, build_book
+
+            print(f"wrote {build_book(args.out or BUILD_DIR) / 'index.html'}")
             return 0
         if args.command in ("report", "golden"):
             from . import report

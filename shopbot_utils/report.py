@@ -31,6 +31,9 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 #: Figures wider than this (pixels) are shrunk in the committed notebooks.
 MAX_FIGURE_WIDTH = 1000
 GOLDEN_DIR = config.ROOT / "tests" / "golden"
+#: The project's kernel, as every committed notebook names it: ``make env`` registers it in the venv
+#: (``ipykernel install --sys-prefix``), so JupyterLab offers it and papermill runs the notebooks with it.
+KERNELSPEC = {"name": "shopbot", "display_name": "ShopBot (.venv)", "language": "python"}
 
 _PROGRESS = re.compile(r"\d+%\|")  # tqdm's text bars
 _FAST_PROGRESS = re.compile(r"\|[-█ ]*\| *\d+\.\d+% \[\d+/\d+")  # fastprogress's (fastai's training bars)
@@ -363,13 +366,13 @@ def _scrub_output(output: dict, replacements) -> dict | None:
 
 
 def scrub_notebook(nb, keep_outputs=lambda cell: True):
-    """The executed notebook without volatile metadata, paths and progress bars (in place; returned).
+    """The executed notebook without volatile metadata, paths and progress bars (in place; returned);
+    its kernelspec is the project's (``KERNELSPEC``), whichever kernel ran it.
 
     ``keep_outputs(cell)`` False clears a code cell's outputs (golden notebooks keep only checked ones).
     """
     replacements = _path_replacements()
-    kernelspec = nb.metadata.get("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
-    nb.metadata = nbformat.NotebookNode({"kernelspec": kernelspec,
+    nb.metadata = nbformat.NotebookNode({"kernelspec": dict(KERNELSPEC),
                                          "language_info": {"name": nb.metadata.get("language_info", {}).get("name", "python")}})
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
@@ -444,7 +447,7 @@ def write_golden(sources: Iterable[str | Path], out: str | Path = GOLDEN_DIR, pa
             for path in map(Path, sources):
                 target = out / path.name
                 pm.execute_notebook(str(path), str(work / path.name), parameters=notebook_parameters(path, parameters),
-                                    cwd=str(path.parent), progress_bar=False, kernel_name="python3")
+                                    cwd=str(path.parent), progress_bar=False, kernel_name=KERNELSPEC["name"])
                 nb = nbformat.read(work / path.name, as_version=4)
                 nbformat.write(scrub_notebook(nb, keep_outputs=is_checked), target)
                 written.append(target)

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from shopbot_utils import config
-from shopbot_utils.report import (CHECK_MARK, GOLDEN_DIR, README, RESULTS_FILE, RESULTS_MIME, SMALL_PARAMETERS,
-                                  collect_results, golden_environment, notebook_parameters, render_readme, results,
-                                  scrub_notebook, typed_figures, write_report)
+from shopbot_utils.report import (CHECK_MARK, GOLDEN_DIR, KERNELSPEC, README, RESULTS_FILE, RESULTS_MIME,
+                                  SMALL_PARAMETERS, collect_results, golden_environment, notebook_parameters,
+                                  render_readme, results, scrub_notebook, typed_figures, write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -60,6 +60,7 @@ def _executed_notebook() -> nbformat.NotebookNode:
 def test_scrubbing_keeps_results_and_drops_what_varies():
     nb = scrub_notebook(_executed_notebook())
     assert set(nb.metadata) == {"kernelspec", "language_info"} and "version" not in nb.metadata.language_info
+    assert nb.metadata.kernelspec == KERNELSPEC  # run on "python3", committed naming the project's kernel
     cell = nb.cells[0]
     assert cell.metadata == {"tags": ["parameters"]}
     text = json.dumps(nb)
