@@ -139,6 +139,11 @@ def offline() -> bool:
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}
 
 
+def serving() -> bool:
+    """True in a kernel that serves shoppers (Voila's ``make demo``): it never builds or downloads anything."""
+    return bool(os.environ.get("VOILA_KERNEL_ID"))
+
+
 def text_progress() -> bool:
     """``SHOPBOT_PROGRESS=text``: progress bars as plain text (``make run`` sets it, so that
     papermill's log shows them live) instead of notebook widgets."""

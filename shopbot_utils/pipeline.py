@@ -20,6 +20,7 @@ from .index import DEFAULT_INDEX, Index, build_index, save_index
 from .search import TextSearch, build_name_embeddings, ids_sha256
 from .evaluate import (classification_metrics, confused_pairs, latency_ms, literal_retrieval_metrics,
                        split_retrieval_metrics)
+from .artifacts import ArtifactError
 from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, create_model, load_model,
                      predict_proba, run_prefix, save_model, train_cached, train_full)
 
@@ -285,7 +286,9 @@ def prerequisites(stage: str, artifacts: str | Path | None = None, data_source: 
     small run (``CPU_PER_CLASS`` products per class, embeddings of the split only) and a GPU the whole
     catalogue. A step rebuilt makes the steps after it stale. Downloads (ISNet, NLTK's data, Bitext,
     CLINC150) go through ``shopbot_utils.downloads``; offline, a missing optional one is reported and
-    skipped. In ``make run`` order everything is there already, and nothing is built twice.
+    skipped. In ``make run`` order everything is there already, and nothing is built twice. A serving
+    kernel (``config.serving()``: Voila's ``make demo``) builds and downloads nothing: a missing input is an
+    ``ArtifactError``.
     """
     if stage not in NEEDS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(NEEDS)}")
@@ -309,6 +312,12 @@ def prerequisites(stage: str, artifacts: str | Path | None = None, data_source: 
             catalogue.append(load_catalogue(data_source))
         return catalogue[0]
 
+    if config.serving():  # a kernel serving shoppers never builds or downloads: say what is missing instead
+        missing = [f"{STEPS[s][0]} ({why}; {STEPS[s][1]} makes it)" for s in NEEDS[stage]
+                   if s not in ("isnet", "bitext", "clinc") and (why := _why_missing(s, artifacts)) is not None]
+        if missing:
+            raise ArtifactError(f"{artifacts}: {'; '.join(missing)}. Build them with `make run` before serving")
+        return []
     for step in NEEDS[stage]:
         what, maker = STEPS[step]
         why = _why_missing(step, artifacts)

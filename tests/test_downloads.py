@@ -253,3 +253,12 @@ def test_isnet_is_fetched_by_a_build_step_only(server, monkeypatch, tmp_path):
     path = isnet_model_path(download=True)
     assert path == tmp_path / "downloads" / config.ISNET_DOWNLOAD and path.read_bytes() == data
     assert isnet_model_path() == path and handler.requests == ["/isnet.onnx"]
+
+
+def test_the_command_line_fetches_by_name_and_says_why_it_cannot(capsys, monkeypatch, tmp_path):
+    from shopbot_utils.__main__ import main
+
+    monkeypatch.setenv("SHOPBOT_DOWNLOADS", str(tmp_path))
+    assert main(["download", "clinc150"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: clinc150: ") and "SHOPBOT_OFFLINE=1" in err

@@ -72,6 +72,18 @@ def test_stale_artifacts_are_rebuilt_with_the_reason(built, calls):
     assert "at most 4 products per class" in lines[0]
 
 
+def test_a_serving_kernel_builds_and_downloads_nothing(built, calls, monkeypatch, tmp_path):
+    """Voila's `make demo` runs notebook 08 for shoppers: what is missing is an error, never a build."""
+    from shopbot_utils.artifacts import ArtifactError
+
+    monkeypatch.setenv("VOILA_KERNEL_ID", "a-kernel")
+    said = []
+    assert prerequisites("chat", built, report=said.append) == [] and said == []
+    with pytest.raises(ArtifactError, match=r"split\.csv \(missing; notebook 01 makes it\).*intents/.*make run"):
+        prerequisites("chat", tmp_path / "empty", report=said.append)
+    assert calls == [] and said == []
+
+
 def test_bad_arguments_fail_early(tmp_path):
     with pytest.raises(ValueError, match="unknown stage 'training'"):
         prerequisites("training", tmp_path)
