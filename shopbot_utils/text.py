@@ -89,7 +89,8 @@ def ensure_nltk_data(download: bool | None = None) -> None:
         missing.append(name)
     if missing:
         raise NLTKDataError(
-            f"NLTK data missing: {', '.join(missing)}. Run `python -m nltk.downloader {' '.join(missing)}` "
+            f"NLTK data missing: {', '.join(missing)}. Run `python -m shopbot_utils download "
+            f"{' '.join('nltk/' + m for m in missing)}` (checked downloads) "
             "or set NLTK_DATA to a folder that has them (this project's tests use ../shared/nltk_data)."
             + (f" Download errors: {'; '.join(errors)}" if errors else ""))
 
