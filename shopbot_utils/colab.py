@@ -52,7 +52,9 @@ def install(root: str | Path = ROOT) -> str:
     lines.append(f"added {len(added)} packages: " + ", ".join(f"{n} {after[n]}" for n in added) if added
                  else "added no packages: every dependency was already installed")
     if changed:
-        lines.append("changed: " + ", ".join(f"{n} {before[n]} -> {after[n]}" for n in changed))
+        lines.append("changed: " + ", ".join(f"{n} {before[n]} -> {after[n]}" for n in changed)
+                     + " (a module this kernel imported before this cell keeps its old version until Runtime > "
+                       "Restart session)")
     lines.append("kept " + (", ".join(f"{n} {v}" for n, v in kept.items()) + " (this runtime's own)" if kept
                             else "no torch: pip installed it"))
     return "\n".join(lines)

@@ -229,11 +229,12 @@ def colab_cell(url: str) -> str:
 # API token: add KAGGLE_USERNAME and KAGGLE_KEY to Colab's secrets (the key icon) or put kaggle.json in
 # ~/.kaggle/. On a GPU runtime mode='auto' fine-tunes the whole network.
 DRIVE = False
-import sys
+import importlib, sys
 {COLAB_MARK}
     !test -d /content/shopbot || git clone -q --depth 1 {url} /content/shopbot
     !{{sys.executable}} /content/shopbot/shopbot_utils/colab.py /content/shopbot
-    sys.path.insert(0, "/content/shopbot")
+    sys.path.insert(0, "/content/shopbot")  # this kernel imports the clone now: no restart
+    importlib.invalidate_caches()  # and sees the packages pip has just added
     from shopbot_utils.colab import use_drive
     use_drive(DRIVE)
     %cd /content/shopbot/notebooks"""
