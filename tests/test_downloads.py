@@ -207,7 +207,9 @@ def test_nltk_data_comes_through_the_registry_at_build_time_and_serving_never_do
     ensure_nltk_data(download=True)  # a build step
     assert sorted(p.name for p in (tmp_path / "downloads" / "nltk_data").rglob("*.zip")) == \
         ["punkt_tab.zip", "stopwords.zip", "wordnet.zip", "words.zip"]
-    assert Preprocessor().tokenize("where's my order?")  # NLTK reads the downloaded zips
+    for path in ("tokenizers/punkt_tab/english/", "corpora/wordnet/", "corpora/stopwords/", "corpora/words/"):
+        assert str(tmp_path / "downloads" / "nltk_data") in str(nltk.data.find(path))  # NLTK finds the zips
+    # (Not loaded here: NLTK's corpus loaders would keep this test's temporary folder for the rest of the session.)
 
 
 @pytest.mark.skipif(not (SHARED / "nlp" / "clinc150" / "data_train_val.json").is_file(), reason="no ../shared CLINC150")
