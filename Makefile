@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 # Long steps print text progress bars, which papermill --log-output shows live.
 export SHOPBOT_PROGRESS ?= text
 
-.PHONY: run test env data notebooks report golden clean demo lab book
+.PHONY: run test env data notebooks report golden colab clean demo lab book
 DEMO_PORT ?= 8866
 LAB_PORT ?= 8888
 # The project's kernel: the notebooks' kernelspec names it (shopbot_utils.report.KERNELSPEC), `make env`
@@ -73,6 +73,11 @@ golden: env
 
 test: env
 	$(PY) -m pytest
+
+# The repository URL of pyproject.toml ([project.urls] Repository) into every notebook's Colab badge and
+# clone line (a fork changes that one line, then runs this), with each notebook's prerequisites cell.
+colab: env
+	$(PY) -m shopbot_utils colab $(NOTEBOOKS) $(wildcard tests/golden/[0-9]*.ipynb)
 
 # The chat (notebook 08) as a web page for people who do not use Jupyter; needs `make run` first.
 demo: env

@@ -23,7 +23,7 @@ from torch import nn
 from . import __version__, config
 from .config import logger
 from .search import parse_query
-from .text import Preprocessor, clean_text
+from .text import Preprocessor, clean_text, ensure_nltk_data
 from .artifacts import ArtifactError, atomic_writer, read_meta, write_atomic
 from .sentence import SCALE, SentenceEncoder
 
@@ -420,6 +420,7 @@ def train_intents(intents: dict[str, dict], bitext: str | Path | None = None, cl
     then it is the poster's bag of words alone), train the network, remember the training messages'
     embeddings for the neighbour vote (``neighbour_weight`` 0: the network alone), calibrate the
     fallback threshold."""
+    ensure_nltk_data()  # a build step: fetches NLTK's data when online (a Preprocessor alone never does)
     examples = split_examples(intent_examples(intents, bitext), seed=seed)
     oos = clinc_out_of_scope(clinc, seed=seed) if clinc is not None else \
         pd.DataFrame(columns=["text", "tag", "source", "split", "clinc_intent"])
