@@ -178,6 +178,12 @@ class Conversation:
         _ = self.background
         return time.perf_counter() - start
 
+    @property
+    def context_query(self) -> Query | None:
+        """What the products on screen answer (their constraints), which a refinement builds on; None
+        when nothing is on screen."""
+        return self._context["query"] if self._context else None
+
     # ------------------------------------------------------------------ what the shopper does
     def send(self, text: str = "", photo: bytes | None = None, filename: str = "",
              remove_background: bool = True) -> Turn:

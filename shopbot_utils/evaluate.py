@@ -121,14 +121,18 @@ def literal_retrieval_metrics(bot, split: pd.DataFrame | None = None, fraction: 
                               seed: int = 42) -> dict:
     """The poster's protocol read literally: a random ``fraction`` of the whole dataset queries an
     exact index that holds all of it, the query included (its own image usually comes first and
-    earns full credit). The dataset is Fashion-37 (the ``split``'s products, what the model was
-    trained to tell apart; all embedded products when None). Generous by construction; the strict
-    split protocol is the headline."""
+    earns full credit; ``poster_score_without_self`` scores the same queries with it skipped). The
+    dataset is Fashion-37 (the ``split``'s products, what the model was trained to tell apart; all
+    embedded products when None). Generous by construction; the strict split protocol is the headline."""
     ids = np.asarray(bot.index.ids, dtype=np.int64)
     if split is not None:
         ids = np.intersect1d(ids, split["id"].to_numpy())
     vectors = bot.index.vectors[bot.positions(ids)]
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(ids), max(1, round(fraction * len(ids))), replace=False))
-    m = retrieval_metrics(ExactIndex(vectors, ids), vectors[chosen], ids[chosen], bot.products, k=k, skip_self=False)
-    return m | {"fraction": fraction, "index_size": int(len(ids)), "seed": seed}
+    index = ExactIndex(vectors, ids)
+    m = retrieval_metrics(index, vectors[chosen], ids[chosen], bot.products, k=k, skip_self=False)
+    # The same queries with their own image skipped: what the self-match alone adds.
+    without = retrieval_metrics(index, vectors[chosen], ids[chosen], bot.products, k=k, skip_self=True)
+    return m | {"fraction": fraction, "index_size": int(len(ids)), "seed": seed,
+                "poster_score_without_self": without["poster_score"]}

@@ -196,7 +196,8 @@ def frozen_baseline(catalogue: Catalogue, split: pd.DataFrame, backbone: str = "
 
 def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
                        latency_queries: int = 100, baseline: bool = True) -> dict:
-    """The report's metrics on the test split; written to ``artifacts/metrics.json``.
+    """The report's metrics on the test split; written to ``artifacts/metrics.json`` (and each test
+    image's predicted type to ``test_predictions.csv``).
 
     Retrieval: test images query an index of the train+valid images (strict, the headline);
     ``retrieval_literal`` is the poster's protocol read literally (20% of Fashion-37 queries an
@@ -213,9 +214,17 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     paths = [catalogue.image_path(i) for i in test["id"]]
     probs = predict_proba(bot.model, paths, tuple(bot.info.image_size))
     predicted = [bot.classes[i] for i in probs.argmax(1)]
-    metrics["classification"] = classification_metrics(test["articleType"].tolist(), predicted)
-    subcategory = dict(zip(split["articleType"], split["subCategory"]))
-    metrics["classification"]["confused_pairs"] = confused_pairs(test["articleType"].tolist(), predicted, subcategory)
+    truth = test["articleType"].tolist()
+    write_atomic(Path(artifacts) / "test_predictions.csv",
+                 pd.DataFrame({"id": test["id"].to_numpy(), "articleType": truth, "predicted": predicted}).to_csv(index=False))
+    metrics["classification"] = classification_metrics(truth, predicted)
+    # A type's sub-category is its most common one (a few products carry a stray one).
+    subcategory = split.groupby("articleType")["subCategory"].agg(lambda s: s.mode().iloc[0]).to_dict()
+    metrics["classification"]["confused_pairs"] = confused_pairs(truth, predicted, subcategory)
+    wrong = [(t, p) for t, p in zip(truth, predicted) if t != p]
+    metrics["classification"]["errors"] = len(wrong)
+    metrics["classification"]["same_subcategory_share"] = (
+        float(np.mean([subcategory[t] == subcategory.get(p) for t, p in wrong])) if wrong else 0.0)
     rng = np.random.default_rng(config.SEED)
     sample = [paths[i] for i in rng.choice(len(paths), min(latency_queries, len(paths)), replace=False)]
     metrics["latency_similar"] = latency_ms(lambda p: bot.similar(p, k=k), sample)
