@@ -43,6 +43,8 @@ button.shopbot-thumb { font-size: 11px; height: 24px; color: #444; }
 .shopbot-card { width: 172px; border: 1px solid #e0e0e0; border-radius: 8px; background: #fff; padding: 6px; }
 .shopbot-card img { width: 160px; height: 160px; object-fit: contain; background: #fff; }
 .shopbot-card-text { font-size: 12px; line-height: 1.3; }
+.shopbot-near { color: #8a5a00; }
+.shopbot-listings { color: #35618f; }
 .shopbot-chip button, button.shopbot-chip { border-radius: 14px; }
 .shopbot-typing { color: #555; font-style: italic; }
 .shopbot-preview { align-items: center; border: 1px solid #b9d3ef; border-radius: 14px; padding: 2px 8px; background: #eef5fd; }
@@ -255,7 +257,13 @@ class ChatApp:
         score = (f'<br><span title="cosine similarity of the photos (1 = identical)">similarity {product.score:.2f}</span>'
                  if similarity else "")
         picture = _img(thumb, product.productDisplayName) or f'<div style="height:160px" role="img" aria-label="{name}">no picture</div>'
-        info = w.HTML(f'{picture}<div class="shopbot-card-text"><b>{name}</b><br>{facts}{score}</div>')
+        near = (f'<br><span class="shopbot-near" title="it lacks some of what you asked for">near match: '
+                f'{html.escape(product.near_match)}</span>' if product.near_match else "")
+        listings = product.duplicates
+        others = ", ".join(str(i) for i in product.duplicate_ids[:10])
+        similar = (f'<br><span class="shopbot-listings" title="the same item is also listed as {others}">'
+                   f'+{listings} similar listing{"s" if listings != 1 else ""}</span>' if listings else "")
+        info = w.HTML(f'{picture}<div class="shopbot-card-text"><b>{name}</b><br>{facts}{score}{near}{similar}</div>')
         button = w.Button(description="More like this", icon="search", tooltip=f"More like {product.productDisplayName}",
                           layout=w.Layout(width="160px"))
         button.on_click(lambda _, pid=product.id: self._run(lambda: self.conversation.more_like_this(pid)))

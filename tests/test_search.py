@@ -10,7 +10,9 @@ import pytest
 from shopbot_utils import index as index_module
 from shopbot_utils.artifacts import ArtifactError
 from shopbot_utils.index import INDEXES, ExactIndex, build_index
-from shopbot_utils.search import Query, TextSearch, name_gender, parse_query, with_gender
+from shopbot_utils.duplicates import DuplicateGroups
+from shopbot_utils.search import (COLOUR_SHADES, COLOUR_WORDS, OCCASION_TYPES, OCCASION_WORDS, TYPE_WORDS, Query,
+                                  TextSearch, name_gender, parse_query, with_gender)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -43,7 +45,7 @@ from shopbot_utils.search import Query, TextSearch, name_gender, parse_query, wi
     ("women's watches", {"gender": ["Women"], "articleType": ["Watches"]}),
     # words inside other words are not mentions
     ("shortlist a laptop", {}), ("something nice", {}),
-    ("a gift for him or her", {}),  # two genders named: no gender constraint
+    ("something for him or her", {}),  # two genders named: no gender constraint
 ])
 def test_parser_understands_phrasings(text, expected):
     assert parse_query(text).include == expected
@@ -104,26 +106,31 @@ def _ids(search: TextSearch, result) -> list[int]:
 
 
 def test_filters_are_hard_and_ranking_puts_the_best_words_first(tiny_search):
-    result = tiny_search.search("black stiletto heels for women", k=5)
+    result = tiny_search.search("black stiletto heels for women", k=5, fill=False)
     assert _ids(tiny_search, result) == [1, 2]  # only black women's heels; "stiletto" ranks 1 first
     assert result.relaxed == [] and result.message == "" and result.matched == 2
     assert result.scores[0] > result.scores[1] > 0  # fused scores, not 1.0
-    assert _ids(tiny_search, tiny_search.search("jeans, not black")) == [8]
+    assert _ids(tiny_search, tiny_search.search("jeans, not black")) == [8]  # filling never breaks a "not"
     assert _ids(tiny_search, tiny_search.search("slacks")) == [7]  # a synonym finds the catalogue's word
 
 
 def test_relaxation_drops_one_constraint_and_says_so(tiny_search):
-    result = tiny_search.search("maroon heels", k=5)  # no maroon heels: heels in other colours
-    assert result.relaxed == ["baseColour"] and set(_ids(tiny_search, result)) == {1, 2, 3}
-    assert "No Maroon Heels" in result.message and "Heels" in result.message.split(";")[1]
-    result = tiny_search.search("red heels for men")  # men's heels: none; red women's heels: yes
+    result = tiny_search.search("maroon heels", k=5, fill=False)  # no maroon heels: a close shade (red) first
+    assert result.relaxed == ["shades"] and _ids(tiny_search, result) == [3]
+    assert result.message == "No maroon heels in the catalogue; here are red heels (close colours)."
+    result = tiny_search.search("maroon heels", k=5)  # then heels in any colour, marked as near matches
+    assert _ids(tiny_search, result)[0] == 3 and set(_ids(tiny_search, result)) == {1, 2, 3}
+    assert result.near == ["", "any colour", "any colour"]
+    result = tiny_search.search("red heels for men", fill=False)  # men's heels: none; red women's heels: yes
     assert result.relaxed == ["gender"] and _ids(tiny_search, result) == [3]
     result = tiny_search.search("party jeans")  # the occasion is dropped first
     assert result.relaxed == ["usage"] and set(_ids(tiny_search, result)) == {8, 9}
+    result = tiny_search.search("wine coloured saree")  # no constraint to drop: the type is never dropped to fill
+    assert _ids(tiny_search, result) == [11] and result.near == [""]
 
 
 def test_ranking_without_constraints_uses_the_words(tiny_search):
-    result = tiny_search.search("wedding silk", k=3)
+    result = tiny_search.search("pure silk", k=3)
     assert _ids(tiny_search, result)[0] == 11
     assert result.query.fields == []
 
@@ -153,7 +160,7 @@ def test_bad_k_and_unknown_fields_are_refused(tiny_search):
 def test_save_load_round_trip_and_mismatches_refused(tiny_search, tmp_path):
     tiny_search.save(tmp_path / "search")
     loaded = TextSearch.load(tmp_path / "search", tiny_catalogue())
-    for text in ("black heels", "wedding silk", "navy trainers"):
+    for text in ("black heels", "pure silk", "navy trainers"):
         a, b = tiny_search.search(text), loaded.search(text)
         assert a.positions.tolist() == b.positions.tolist()
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3)
@@ -221,7 +228,7 @@ def test_filtered_search_edge_cases():
 def test_query_dataclass_describes_and_drops():
     query = Query("x", {"articleType": ["Heels"], "baseColour": ["Maroon"], "gender": ["Women"]},
                   {"usage": ["Party"]})
-    assert query.describe() == "Maroon Heels for Women, not Party"
+    assert query.describe() == "maroon heels for women, not party"
     assert query.without(["baseColour"]).include == {"articleType": ["Heels"], "gender": ["Women"]}
     assert query.fields == ["usage", "baseColour", "gender", "articleType"]
 
@@ -232,3 +239,185 @@ def test_dense_scores_inside_a_filter_are_the_full_scores_there(tiny_search):
     full = tiny_search.dense_scores("black stiletto heels")
     part = tiny_search.dense_scores("black stiletto heels", keep)
     assert np.allclose(part[keep], full[keep], atol=1e-6) and np.isneginf(part[~keep]).all()
+
+
+# --------------------------------------------------------------------------- duplicates, full pages, honest replies
+def shop_catalogue() -> pd.DataFrame:
+    """Near-duplicate listings, a short page to fill, and shades to fill it with."""
+    rows = [  # id, type, colour, gender, usage, name
+        (101, "Formal Shoes", "Black", "Men", "Formal", "Provogue Men Formal Black Formal Shoes"),
+        (102, "Formal Shoes", "Black", "Men", "Formal", "Provogue Men Formal Black Formal Shoes"),
+        (103, "Formal Shoes", "Black", "Men", "Formal", "Provogue Men Formal Black Formal Shoes"),
+        (104, "Formal Shoes", "Black", "Men", "Formal", "provogue men formal black formal-shoes"),
+        (105, "Formal Shoes", "Black", "Men", "Formal", "Red Tape Men Black Formal Shoes"),
+        (106, "Formal Shoes", "Black", "Men", "Formal", "Bata Men Black Formal Shoes"),
+        (107, "Formal Shoes", "Brown", "Men", "Formal", "Provogue Men Brown Formal Shoes"),
+        (108, "Formal Shoes", "Brown", "Men", "Formal", "Provogue Men Brown Formal Shoes"),
+        (111, "Shirts", "Off White", "Men", "Casual", "Arrow Men Off White Shirt"),
+        (112, "Shirts", "Cream", "Men", "Casual", "Peter England Men Cream Shirt"),
+        (113, "Shirts", "White", "Men", "Formal", "Van Heusen Men White Shirt"),
+        (114, "Shirts", "Blue", "Men", "Casual", "Allen Solly Men Blue Shirt"),
+        (116, "Clutches", "Gold", "Women", "Party", "Lavie Women Gold Party Clutch"),
+        (117, "Clutches", "Yellow", "Women", "Casual", "Baggit Women Yellow Clutch"),
+        (118, "Clutches", "Bronze", "Women", "Casual", "Hidesign Women Bronze Clutch"),
+        (119, "Clutches", "Black", "Women", "Casual", "Baggit Women Black Clutch"),
+        (121, "Heels", "Maroon", "Women", "Casual", "Catwalk Women Maroon Heels"),
+        (122, "Heels", "Black", "Women", "Casual", "Catwalk Women Black Heels"),
+        (123, "Dresses", "Red", "Women", "Casual", "Mango Women Red Dress"),
+        (124, "Watches", "Black", "Men", "Casual", "Titan Men Black Watch"),
+        (125, "Wallets", "Brown", "Men", "Casual", "Provogue Men Brown Wallet"),
+        (126, "Shorts", "Blue", "Men", "Casual", "Nike Men Blue Shorts"),
+        (127, "Flip Flops", "Black", "Men", "Casual", "Puma Men Black Flip Flops"),
+        (128, "Sunglasses", "Black", "Unisex", "Casual", "Fastrack Unisex Black Sunglasses"),
+    ]
+    frame = pd.DataFrame(rows, columns=["id", "articleType", "baseColour", "gender", "usage", "productDisplayName"])
+    frame["subCategory"] = "x"
+    return frame
+
+
+@pytest.fixture(scope="module")
+def shop() -> TextSearch:
+    return TextSearch.build(shop_catalogue())
+
+
+def _names(search: TextSearch, result) -> list[str]:
+    return search.products["productDisplayName"].to_numpy()[result.positions].tolist()
+
+
+def test_near_duplicates_collapse_into_one_card(shop):
+    result = shop.search("show me black formal shoes for men", k=3)
+    ids = _ids(shop, result)
+    assert len(ids) == 3 and {105, 106} < set(ids)
+    assert len({n.lower().replace("-", " ") for n in _names(shop, result)}) == 3  # no name twice on the page
+    card = [i for i in ids if 101 <= i <= 104][0]
+    assert sorted(shop.ids[result.duplicates[ids.index(card)]].tolist()) == sorted({101, 102, 103, 104} - {card})
+    assert [len(d) for i, d in zip(ids, result.duplicates) if i != card] == [0, 0]
+    apart = shop.search("show me black formal shoes for men", k=3, collapse=False)
+    assert len(set(_names(shop, apart))) < 3  # what the shopper saw before: the same shoe again and again
+
+
+def test_collapse_counts_only_listings_that_pass_the_filters(shop):
+    shop.duplicates = DuplicateGroups(np.where(shop.ids == 108, shop.duplicates.labels[shop.ids.tolist().index(101)],
+                                               shop.duplicates.labels))  # 108 (brown) shows the same item
+    try:
+        result = shop.search("black formal shoes for men", k=3)
+        assert all(108 not in shop.ids[d] for d in result.duplicates)  # brown is not what was asked for
+    finally:
+        shop._duplicates = None
+    with pytest.raises(ValueError, match="duplicate groups for 2 products"):
+        shop.duplicates = DuplicateGroups(np.array([0, 1]))
+
+
+@pytest.mark.parametrize("text, k, expected, near", [
+    # close shades first (Off White -> Cream, White), then any colour
+    ("off-white shirt", 4, [{111}, {112, 113}, {112, 113}, {114}], ["", "close colour", "close colour", "any colour"]),
+    # the occasion first (gold clutches for any occasion: none), then gold's shades, then any colour
+    ("party clutch in gold", 4, [{116}, {117, 118}, {117, 118}, {119}],
+     ["", "any occasion, close colour", "any occasion, close colour", "any occasion, any colour"]),
+])
+def test_short_pages_are_filled_with_near_matches_closest_first(shop, text, k, expected, near):
+    result = shop.search(text, k=k)
+    ids = _ids(shop, result)
+    assert len(set(ids)) == k and all(i in allowed for i, allowed in zip(ids, expected)) and result.near == near
+    assert result.matched == 1 and result.relaxed == []
+    assert "Only 1 matches everything you asked; the other 3 are near matches" in result.message
+    assert result.reply.startswith("Here are ")
+    assert set(_ids(shop, shop.search(text, k=k, fill=False))) == expected[0]
+
+
+@pytest.mark.parametrize("kind", ["Formal Shoes", "Shirts", "Clutches", "Heels"])
+def test_never_fewer_than_k_cards_when_k_items_of_the_type_exist(shop, kind):
+    items = shop.products[shop.products["articleType"] == kind]["productDisplayName"].str.lower().str.replace("-", " ")
+    k = items.nunique()
+    for colour in ("maroon", "green", "black", "white"):
+        result = shop.search(f"{colour} {kind.lower()} for women for the office", k=k)
+        assert len(result.positions) == k, (colour, kind, _ids(shop, result))
+        assert (shop.products["articleType"].to_numpy()[result.positions] == kind).all()  # the type is kept
+
+
+def test_a_colour_the_type_lacks_gives_its_closest_shade_and_says_so(shop):
+    result = shop.search("burgundy heels", k=1)
+    assert _ids(shop, result) == [121] and result.relaxed == ["shades"]
+    assert result.reply == "No burgundy heels in the catalogue; here are maroon heels (close colours)."
+
+
+def test_words_nothing_filters_by_are_named_in_the_reply(shop):
+    result = shop.search("gifts for my dad under 50 dollars", k=2)
+    assert result.query.include == {"gender": ["Men"], "articleType": OCCASION_TYPES["a gift"]}
+    assert result.ignored == {"price": ["under 50 dollars"]}
+    assert set(_ids(shop, result)) == {124, 125}  # a watch and a wallet for men
+    assert "I can't filter by price: this catalogue has no prices." in result.reply
+    assert result.reply.startswith("Here are watches, wallets")
+    brand = shop.search("provogue formal shoes in size 9", k=2)
+    assert brand.ignored == {"size": ["size 9"], "brand": ["provogue"]}
+    assert "I can't filter by size (the catalogue lists no sizes) or brand (names with provogue come first)." \
+        in brand.reply
+    assert shop.search("black formal shoes for men", k=2).ignored == {}
+    swim = shop.search("swimwear for women", k=2)
+    assert "Nothing in this catalogue is for swimming." in swim.message
+
+
+@pytest.mark.parametrize("text, reply", [
+    ("do you have red dresses?", "Here are red dresses."),
+    ("black formal shoes for men", "Here are black formal shoes for men."),
+    ("shorts for a beach holiday", "Here are shorts."),
+    ("summer outfit for a beach holiday",
+     "Here are shorts, t-shirts, flip-flops or sunglasses for summer, the beach and a holiday."),
+])
+def test_replies_name_the_understood_type_colour_and_gender(shop, text, reply):
+    assert shop.search(text, k=1, fill=False).reply == reply
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("summer outfit for a beach holiday", {"articleType": ["Shorts", "Tshirts", "Flip Flops", "Sunglasses"]}),
+    ("something for a wedding", {"articleType": OCCASION_TYPES["a wedding"]}),
+    ("winter wear for men", {"articleType": OCCASION_TYPES["winter"], "gender": ["Men"]}),
+    ("beach sandals", {"articleType": ["Sandals"]}),  # a named type wins over the occasion
+    ("swimwear", {}),  # an occasion the catalogue has nothing for
+])
+def test_occasions_stand_for_types(text, expected):
+    assert parse_query(text).include == expected
+
+
+def test_the_occasion_table_names_catalogue_types_and_every_occasion_is_worded():
+    assert set(OCCASION_TYPES) == set(OCCASION_WORDS)
+    for occasion, types in OCCASION_TYPES.items():
+        assert set(types) <= set(TYPE_WORDS), occasion
+        for word in OCCASION_WORDS[occasion]:
+            query = parse_query(word)
+            assert query.include.get("articleType", []) == types, word
+            assert query.occasions == ([occasion] if types else []) and \
+                query.ignored == ({} if types else {"occasion": [occasion]})
+
+
+@pytest.mark.parametrize("text, colour", [
+    ("burgundy heels", "Burgundy"), ("wine dress", "Maroon"), ("oxblood loafers", "Maroon"), ("crimson top", "Red"),
+    ("ivory kurta", "Cream"), ("beige trousers", "Beige"), ("khaki shorts", "Khaki"), ("mustard tshirt", "Mustard"),
+    ("skin colour bra", "Skin"), ("aqua top", "Turquoise Blue"), ("ecru shirt", "Off White"),
+])
+def test_colour_synonyms_reach_the_catalogues_colours(text, colour):
+    assert parse_query(text).include["baseColour"] == [colour]
+
+
+def test_colour_words_and_shades_cover_the_catalogues_own_colour_list(catalogue):
+    colours = set(catalogue.styles["baseColour"].dropna().astype(str)) - {"", "nan"}
+    assert colours <= set(COLOUR_WORDS), sorted(colours - set(COLOUR_WORDS))
+    assert set(COLOUR_WORDS) <= colours, sorted(set(COLOUR_WORDS) - colours)
+    named = {x for c, shades in COLOUR_SHADES.items() for x in [c, *shades]}
+    assert named <= colours and colours - {"Multi"} <= set(COLOUR_SHADES)
+
+
+@pytest.mark.parametrize("text, kind, phrase", [
+    ("gifts for my dad under 50 dollars", "price", "under 50 dollars"), ("cheap sneakers", "price", "cheap"),
+    ("shoes below ₹2000", "price", "below ₹2000"), ("tshirt size xl", "size", "size xl"),
+    ("plus size dress", "size", "plus size"), ("leather belt", "material", "leather"),
+    ("cotton kurta for women", "material", "cotton"),
+])
+def test_the_parser_reports_what_it_cannot_filter_by(text, kind, phrase):
+    assert phrase in parse_query(text).ignored[kind]
+
+
+@pytest.mark.parametrize("text", ["black heels for women", "navy trainers for gents", "tees for my son",
+                                  "sky blue shirt", "formal shoes for men", "jeans, not black"])
+def test_plain_requests_report_nothing_ignored(text):
+    assert parse_query(text).ignored == {}

@@ -162,3 +162,14 @@ def test_errors_keep_the_app_usable(app):
     assert "\u26a0" in html_of(rows(app, "bot")[-1])  # marked by a sign and words, not colour alone
     press_enter(app, "How much is shipping?")
     assert app.conversation.turns[-1].kind == "answer"
+
+
+def test_cards_show_collapsed_listings_and_near_matches(app, chat_bot):
+    from dataclasses import replace
+
+    product = replace(chat_bot.search("casual shoes", k=1)[0], duplicates=3, duplicate_ids=(1, 2, 3),
+                      near_match="close colour")
+    card = html_of(app._card(product, similarity=False))
+    assert "+3 similar listings" in card and "near match: close colour" in card and "listed as 1, 2, 3" in card
+    plain = html_of(app._card(replace(product, duplicates=0, duplicate_ids=(), near_match=""), similarity=False))
+    assert "similar listing" not in plain and "near match" not in plain
