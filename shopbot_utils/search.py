@@ -148,6 +148,19 @@ COLOUR_SHADES: dict[str, list[str]] = {
     "Yellow": ["Mustard", "Gold"], "Mustard": ["Yellow", "Gold", "Khaki"], "Gold": ["Yellow", "Bronze", "Copper"],
     "Bronze": ["Copper", "Gold"], "Copper": ["Bronze", "Rust", "Gold"], "Khaki": ["Olive", "Beige", "Tan"],
 }
+#: The types closest to each type, closest first: a short page is filled with these (same colour and
+#: gender) before the gender is dropped ("women's black sandals": black flats for women).
+TYPE_NEIGHBOURS: dict[str, list[str]] = {
+    "Sandals": ["Flats", "Flip Flops"], "Flats": ["Sandals", "Heels"], "Heels": ["Flats", "Sandals"],
+    "Flip Flops": ["Sandals"], "Casual Shoes": ["Sports Shoes", "Formal Shoes"], "Sports Shoes": ["Casual Shoes"],
+    "Formal Shoes": ["Casual Shoes"], "Shirts": ["Tshirts"], "Tshirts": ["Shirts", "Tops"],
+    "Tops": ["Tshirts", "Kurtas"], "Kurtas": ["Tops"], "Dresses": ["Tops"], "Sarees": ["Kurtas"],
+    "Sweaters": ["Sweatshirts", "Jackets"], "Sweatshirts": ["Sweaters", "Jackets"], "Jackets": ["Sweatshirts", "Sweaters"],
+    "Jeans": ["Trousers"], "Trousers": ["Jeans", "Track Pants"], "Track Pants": ["Trousers", "Shorts"],
+    "Shorts": ["Track Pants"], "Handbags": ["Clutches", "Backpacks"], "Clutches": ["Handbags"],
+    "Backpacks": ["Handbags"], "Wallets": ["Clutches"], "Perfume and Body Mist": ["Deodorant"],
+    "Deodorant": ["Perfume and Body Mist"], "Lipstick": ["Nail Polish"], "Nail Polish": ["Lipstick"],
+}
 #: Gender and age words -> the ``gender`` values they allow. "kids" allows boys', girls' and kids'.
 GENDER_WORDS: dict[tuple[str, ...], list[str]] = {
     ("Men",): ["men", "man", "male", "mens", "gents", "gent", "gentleman", "gentlemen", "guy", "him", "his",
@@ -305,6 +318,16 @@ class Query:
         if not close:
             return None
         return Query(self.text, {**self.include, "baseColour": close}, self.exclude, self.ignored, self.occasions)
+
+    def close_types(self) -> "Query | None":
+        """The same query asking for the types close to its types instead (``TYPE_NEIGHBOURS``: no
+        black sandals, black flats), or None when its types have none."""
+        asked = self.include.get("articleType", [])
+        refused = set(asked) | set(self.exclude.get("articleType", []))
+        close = list(dict.fromkeys(t for a in asked for t in TYPE_NEIGHBOURS.get(a, []) if t not in refused))
+        if not close:
+            return None
+        return Query(self.text, {**self.include, "articleType": close}, self.exclude, self.ignored)
 
     def then(self, later: "Query") -> "Query":
         """This query refined by a later message ("heels for women", then "in black"): the later
@@ -814,8 +837,10 @@ class TextSearch:
 
 
 #: What a near match lacks, by what was relaxed to find it.
-NEAR_WORDS = {"shades": "close colour", "usage": "any occasion", "baseColour": "any colour", "gender": "anyone's",
-              "articleType": "any type"}
+NEAR_WORDS = {"shades": "close colour", "usage": "any occasion", "baseColour": "any colour", "types": "similar type",
+              "gender": "anyone's", "articleType": "any type"}
+#: What a short page relaxes to fill up, closest first (``relaxations``).
+RELAX_STEPS = ("shades", "usage", "baseColour", "types", "gender")
 
 
 def near_words(relaxed: Sequence[str]) -> str:
@@ -824,37 +849,42 @@ def near_words(relaxed: Sequence[str]) -> str:
 
 
 def relaxations(query: Query) -> list[tuple[Query, list[str]]]:
-    """Looser versions of ``query``, closest first, each with what it relaxed: its colours' close
-    shades (``COLOUR_SHADES``), then one asked-for constraint dropped at a time in ``FIELDS`` order
-    (keeping the colour's shades where the colour stays), then two... The article type and what the
-    query refuses ("not black") are kept."""
-    fields = [f for f in FIELDS if f in query.include and f != "articleType"]
+    """Looser versions of ``query`` that keep what it refuses ("not black"), closest first, each with
+    what it relaxed: one of ``RELAX_STEPS`` at a time in that order (the colour's close shades, the
+    occasion, the colour, the type's close types, the gender), then two at a time... A type is never
+    dropped, only widened to its ``TYPE_NEIGHBOURS``."""
+    applies = {"shades": query.shades() is not None, "types": query.close_types() is not None}
+    steps = [s for s in RELAX_STEPS if applies.get(s, s in query.include)]
     out = []
-    if (shades := query.shades()) is not None:
-        out.append((shades, ["shades"]))
-    for n in range(1, len(fields) + 1):
-        for dropped in itertools.combinations(fields, n):
-            loose = query.loosen(dropped)
-            if not loose.include:
+    for n in range(1, len(steps) + 1):
+        for chosen in itertools.combinations(steps, n):
+            if "shades" in chosen and "baseColour" in chosen:
                 continue
-            out.append((loose, list(dropped)))
-            if "baseColour" not in dropped and (shades := loose.shades()) is not None:
-                out.append((shades, [*dropped, "shades"]))
+            loose = query.loosen([s for s in chosen if s in FIELDS])
+            if "shades" in chosen:
+                loose = loose.shades()
+            if "types" in chosen:
+                loose = loose.close_types()
+            if loose is not None and loose.include:
+                out.append((loose, list(chosen)))
     return out
 
 
-def near_note(near: Sequence[str]) -> str:
+def near_note(near: Sequence[str], relaxed: bool = False) -> str:
     """"Only 2 match everything you asked; the other 6 are near matches (close colour)." ("" when
-    every card matches)."""
+    every card matches). ``relaxed``: the matches themselves were found by relaxing the request (the
+    reply has said so), so only the near matches are counted."""
     lacking = list(dict.fromkeys(w for words in near if words for w in words.split(", ")))
     if not lacking:
         return ""
     matches = sum(1 for words in near if not words)
     others = len(near) - matches
+    are = f"{'is a near match' if others == 1 else 'are near matches'} ({', '.join(lacking)})."
     if not matches:
         return f"These are near matches ({', '.join(lacking)})."
-    return (f"Only {matches} {'matches' if matches == 1 else 'match'} everything you asked; the other "
-            f"{others} {'is a near match' if others == 1 else 'are near matches'} ({', '.join(lacking)}).")
+    if relaxed:
+        return f"The other {others} {are}"
+    return f"Only {matches} {'matches' if matches == 1 else 'match'} everything you asked; the other {others} {are}"
 
 
 def compose_reply(query: Query, asked: Query, relaxed: Sequence[str], near: Sequence[str],
@@ -864,7 +894,7 @@ def compose_reply(query: Query, asked: Query, relaxed: Sequence[str], near: Sequ
     matches and what nothing filters by ("" when all is as asked); ``reply`` starts with what is
     shown ("Here are red dresses.", or ``intro``) and goes on with ``message``."""
     relaxation = relaxation_message(query, relaxed, where, asked)
-    notes = [n for n in (near_note(near), unused_note(ignored)) if n]
+    notes = [n for n in (near_note(near, bool(relaxed)), unused_note(ignored)) if n]
     if not intro:
         intro = (f"Here are {asked.describe()}." if asked.fields
                  else f"Here is what I found for \"{text[:60]}\"." if text else "Here is what I found.")
@@ -878,8 +908,8 @@ def relaxation_message(query: Query, relaxed: Sequence[str], where: str = "in th
     without the relaxed fields)."""
     if not relaxed:
         return ""
-    found = found if found is not None else query.without([r for r in relaxed if r != "shades"])
-    words = {**NEAR_WORDS, "shades": "close colours"}
+    found = found if found is not None else query.without([r for r in relaxed if r in FIELDS])
+    words = {**NEAR_WORDS, "shades": "close colours", "types": "similar types"}
     return f"No {query.describe()} {where}; here are {found.describe()} ({', '.join(words[f] for f in relaxed)})."
 
 

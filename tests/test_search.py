@@ -11,8 +11,8 @@ from shopbot_utils import index as index_module
 from shopbot_utils.artifacts import ArtifactError
 from shopbot_utils.index import INDEXES, ExactIndex, build_index
 from shopbot_utils.duplicates import DuplicateGroups
-from shopbot_utils.search import (COLOUR_SHADES, COLOUR_WORDS, OCCASION_TYPES, OCCASION_WORDS, TYPE_WORDS, Query,
-                                  TextSearch, name_gender, parse_query, with_gender)
+from shopbot_utils.search import (COLOUR_SHADES, COLOUR_WORDS, OCCASION_TYPES, OCCASION_WORDS, TYPE_NEIGHBOURS, TYPE_WORDS,
+                                  Query, TextSearch, name_gender, parse_query, with_gender)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -110,8 +110,10 @@ def test_filters_are_hard_and_ranking_puts_the_best_words_first(tiny_search):
     assert _ids(tiny_search, result) == [1, 2]  # only black women's heels; "stiletto" ranks 1 first
     assert result.relaxed == [] and result.message == "" and result.matched == 2
     assert result.scores[0] > result.scores[1] > 0  # fused scores, not 1.0
-    assert _ids(tiny_search, tiny_search.search("jeans, not black")) == [8]  # filling never breaks a "not"
-    assert _ids(tiny_search, tiny_search.search("slacks")) == [7]  # a synonym finds the catalogue's word
+    assert _ids(tiny_search, tiny_search.search("jeans, not black", fill=False)) == [8]
+    filled = tiny_search.search("jeans, not black")  # a page filled with a close type, never with black jeans
+    assert _ids(tiny_search, filled) == [8, 7] and filled.near == ["", "similar type"]
+    assert _ids(tiny_search, tiny_search.search("slacks", fill=False)) == [7]  # a synonym finds the catalogue's word
 
 
 def test_relaxation_drops_one_constraint_and_says_so(tiny_search):
@@ -123,7 +125,7 @@ def test_relaxation_drops_one_constraint_and_says_so(tiny_search):
     assert result.near == ["", "any colour", "any colour"]
     result = tiny_search.search("red heels for men", fill=False)  # men's heels: none; red women's heels: yes
     assert result.relaxed == ["gender"] and _ids(tiny_search, result) == [3]
-    result = tiny_search.search("party jeans")  # the occasion is dropped first
+    result = tiny_search.search("party jeans", fill=False)  # the occasion is dropped first
     assert result.relaxed == ["usage"] and set(_ids(tiny_search, result)) == {8, 9}
     result = tiny_search.search("wine coloured saree")  # no constraint to drop: the type is never dropped to fill
     assert _ids(tiny_search, result) == [11] and result.near == [""]
@@ -269,6 +271,9 @@ def shop_catalogue() -> pd.DataFrame:
         (126, "Shorts", "Blue", "Men", "Casual", "Nike Men Blue Shorts"),
         (127, "Flip Flops", "Black", "Men", "Casual", "Puma Men Black Flip Flops"),
         (128, "Sunglasses", "Black", "Unisex", "Casual", "Fastrack Unisex Black Sunglasses"),
+        (131, "Sandals", "Brown", "Women", "Casual", "Catwalk Women Brown Sandals"),
+        (132, "Sandals", "Black", "Men", "Casual", "Woodland Men Black Sandals"),
+        (133, "Flats", "Black", "Women", "Casual", "Bata Women Black Flats"),
     ]
     frame = pd.DataFrame(rows, columns=["id", "articleType", "baseColour", "gender", "usage", "productDisplayName"])
     frame["subCategory"] = "x"
@@ -311,9 +316,10 @@ def test_collapse_counts_only_listings_that_pass_the_filters(shop):
 @pytest.mark.parametrize("text, k, expected, near", [
     # close shades first (Off White -> Cream, White), then any colour
     ("off-white shirt", 4, [{111}, {112, 113}, {112, 113}, {114}], ["", "close colour", "close colour", "any colour"]),
-    # the occasion first (gold clutches for any occasion: none), then gold's shades, then any colour
+    # the occasion first (gold clutches for any occasion: none), then gold's shades, then any colour (a
+    # handbag, the close type, would come after those)
     ("party clutch in gold", 4, [{116}, {117, 118}, {117, 118}, {119}],
-     ["", "any occasion, close colour", "any occasion, close colour", "any occasion, any colour"]),
+     ["", "close colour, any occasion", "close colour, any occasion", "any occasion, any colour"]),
 ])
 def test_short_pages_are_filled_with_near_matches_closest_first(shop, text, k, expected, near):
     result = shop.search(text, k=k)
@@ -332,7 +338,16 @@ def test_never_fewer_than_k_cards_when_k_items_of_the_type_exist(shop, kind):
     for colour in ("maroon", "green", "black", "white"):
         result = shop.search(f"{colour} {kind.lower()} for women for the office", k=k)
         assert len(result.positions) == k, (colour, kind, _ids(shop, result))
-        assert (shop.products["articleType"].to_numpy()[result.positions] == kind).all()  # the type is kept
+        # the type is never dropped, only widened to its close types
+        assert set(shop.products["articleType"].to_numpy()[result.positions]) <= {kind, *TYPE_NEIGHBOURS.get(kind, [])}
+
+
+def test_a_close_type_in_the_asked_colour_comes_before_another_gender(shop):
+    result = shop.search("women's black sandals", k=3)
+    assert result.relaxed == ["baseColour"] and _ids(shop, result) == [131, 133, 132]
+    assert result.near == ["", "similar type", "anyone's"]
+    assert result.reply == ("No black sandals for women in the catalogue; here are sandals for women (any colour). "
+                            "The other 2 are near matches (similar type, anyone's).")
 
 
 def test_a_colour_the_type_lacks_gives_its_closest_shade_and_says_so(shop):
@@ -377,6 +392,11 @@ def test_replies_name_the_understood_type_colour_and_gender(shop, text, reply):
 ])
 def test_occasions_stand_for_types(text, expected):
     assert parse_query(text).include == expected
+
+
+def test_close_types_are_catalogue_types():
+    assert set(TYPE_NEIGHBOURS) <= set(TYPE_WORDS)
+    assert all(set(close) <= set(TYPE_WORDS) - {kind} for kind, close in TYPE_NEIGHBOURS.items())
 
 
 def test_the_occasion_table_names_catalogue_types_and_every_occasion_is_worded():
