@@ -785,13 +785,16 @@ class TextSearch:
         keep, asked, relaxed, looser = self.first_tier(query)
         if within is not None:
             keep = keep & within
-        bm25 = self.bm25_scores(text, query)
-        vector = self._query_vector(text)
+        words = ranking_text(text, query)  # "under 50 dollars" must not find "50 ml" perfumes
+        bm25 = self.bm25_scores(words, query)
+        vector = self._query_vector(words)
         dense = self._dense(vector, keep)  # an unfiltered search scores every name anyway
         if not query.fields and not (bm25 > 0).any() and (dense is None or dense.max() < MIN_DENSE_COSINE):
             return SearchResult(empty, np.zeros(0), query, message=f"I could not find products for "
                                 f"\"{text[:60]}\". Try a product type and a colour, e.g. \"blue jeans for men\".")
-        positions, scores = self._page(keep, bm25, dense, k, bool(query.fields), collapse)
+        # an occasion's types take turns on the page (shorts, flip-flops, sunglasses...), best of each first
+        spread = len(asked.occasions) > 0 and len(asked.include.get("articleType", [])) > 1
+        positions, scores = self._page(keep, bm25, dense, k, bool(query.fields), collapse, spread=spread)
         tiers = [(keep, "")] * len(positions)
         shown = keep.copy()
         for looser_query, dropped in (looser if fill else []):
@@ -817,18 +820,22 @@ class TextSearch:
                             reply)
 
     def _page(self, keep: np.ndarray, bm25: np.ndarray, dense: np.ndarray | None, k: int, pad: bool,
-              collapse: bool, seen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              collapse: bool, seen: np.ndarray | None = None, spread: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of ``keep`` by fused rank (``_fused``), one per item when ``collapse`` (and
-        none of the items ``seen``): positions and fused scores."""
+        none of the items ``seen``): positions and fused scores. ``spread``: the article types take
+        turns (the best of each, then the second best of each...)."""
         allowed = np.flatnonzero(keep)
         if not len(allowed):
             return np.zeros(0, np.int64), np.zeros(0)
         fused = _fused(allowed, bm25, dense)
-        depth = min(len(allowed), max(4 * k, 40) if collapse else k)
+        depth = len(allowed) if spread else min(len(allowed), max(4 * k, 40) if collapse else k)
         while True:
             best, _ = _ranks(fused, depth)
             if not pad:
                 best = best[fused[best] > 0]
+            if spread:  # round robin over the types, each in its own rank order
+                kinds = pd.Series(self._values["articleType"][allowed[best]])
+                best = best[np.argsort(kinds.groupby(kinds).cumcount().to_numpy(), kind="stable")]
             picked = self.duplicates.first(allowed[best], k, seen) if collapse else allowed[best[:k]]
             if len(picked) >= k or depth >= len(allowed):
                 break
@@ -899,6 +906,16 @@ def compose_reply(query: Query, asked: Query, relaxed: Sequence[str], near: Sequ
         intro = (f"Here are {asked.describe()}." if asked.fields
                  else f"Here is what I found for \"{text[:60]}\"." if text else "Here is what I found.")
     return " ".join([relaxation, *notes]).strip(), " ".join([relaxation or intro, *notes])
+
+
+def ranking_text(text: str, query: Query) -> str:
+    """``text`` without the price and size phrases nothing filters by (what BM25 and MiniLM rank on);
+    ``text`` itself when nothing else is left."""
+    kept = text
+    for kind in ("price", "size"):
+        for phrase in query.ignored.get(kind, []):
+            kept = re.sub(re.escape(phrase), " ", kept, flags=re.I)
+    return kept if _TOKEN.search(kept.lower()) else text
 
 
 def relaxation_message(query: Query, relaxed: Sequence[str], where: str = "in the catalogue",

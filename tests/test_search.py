@@ -12,7 +12,7 @@ from shopbot_utils.artifacts import ArtifactError
 from shopbot_utils.index import INDEXES, ExactIndex, build_index
 from shopbot_utils.duplicates import DuplicateGroups
 from shopbot_utils.search import (COLOUR_SHADES, COLOUR_WORDS, OCCASION_TYPES, OCCASION_WORDS, TYPE_NEIGHBOURS, TYPE_WORDS,
-                                  Query, TextSearch, name_gender, parse_query, with_gender)
+                                  Query, TextSearch, name_gender, parse_query, ranking_text, with_gender)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -274,6 +274,8 @@ def shop_catalogue() -> pd.DataFrame:
         (131, "Sandals", "Brown", "Women", "Casual", "Catwalk Women Brown Sandals"),
         (132, "Sandals", "Black", "Men", "Casual", "Woodland Men Black Sandals"),
         (133, "Flats", "Black", "Women", "Casual", "Bata Women Black Flats"),
+        (134, "Shorts", "Blue", "Men", "Casual", "Nike Men Blue Beach Shorts"),
+        (135, "Shorts", "Black", "Men", "Casual", "Puma Men Black Beach Holiday Shorts"),
     ]
     frame = pd.DataFrame(rows, columns=["id", "articleType", "baseColour", "gender", "usage", "productDisplayName"])
     frame["subCategory"] = "x"
@@ -381,6 +383,20 @@ def test_words_nothing_filters_by_are_named_in_the_reply(shop):
 ])
 def test_replies_name_the_understood_type_colour_and_gender(shop, text, reply):
     assert shop.search(text, k=1, fill=False).reply == reply
+
+
+def test_an_occasions_types_take_turns_on_the_page(shop):
+    result = shop.search("summer outfit for a beach holiday", k=3)  # the shorts' names say "beach" and "holiday"
+    assert sorted(shop.products["articleType"].to_numpy()[result.positions]) == ["Flip Flops", "Shorts", "Sunglasses"]
+    assert _ids(shop, result)[0] == 135  # the best of the first type comes first
+    named = shop.search("beach shorts", k=3)  # a named type is not spread
+    assert set(shop.products["articleType"].to_numpy()[named.positions]) == {"Shorts"}
+
+
+def test_price_and_size_words_are_not_ranked_on():
+    query = parse_query("gifts for my dad under 50 dollars in size 9")
+    assert ranking_text(query.text, query).split() == ["gifts", "for", "my", "dad", "in"]
+    assert ranking_text("under 50 dollars", parse_query("under 50 dollars")) == "under 50 dollars"  # nothing else left
 
 
 @pytest.mark.parametrize("text, expected", [
