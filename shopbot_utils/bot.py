@@ -227,6 +227,13 @@ class ShopBot:
         return Results(_products(rows, found.scores, duplicates, found.near or None), found.query.understood(),
                        found.relaxed, found.message, found.query, found.reply, found.ignored)
 
+    def lookup(self, ids: Sequence[int]) -> list[Product]:
+        """The catalogue's ``Product``s for ``ids`` (score 0), in that order: e.g. the listings a card
+        collapsed (``Product.duplicate_ids``)."""
+        self._need_vision()
+        self.positions(ids)  # a KeyError for ids that are not in the catalogue
+        return _products(self.products.loc[list(ids)], np.zeros(len(ids)))
+
     def where_mask(self, where: dict | Query | np.ndarray | None) -> np.ndarray | None:
         """A boolean mask over the index's positions from ``{field: value or [values]}`` (fields
         ``articleType``, ``baseColour``, ``gender``, ``usage``), a parsed ``Query``, or a mask."""
@@ -335,7 +342,7 @@ class ShopBot:
         ``where``: only products with these attributes (``{"baseColour": "Black"}``; see ``where_mask``),
         searched inside the index. ``class_prior``: weight of log p(query's type = product's type).
         ``collapse``: one card per item (``duplicates``): the other listings of an item are counted
-        in its ``Product.duplicates``; "more like this" leaves out the product's own other listings.
+        in its ``Product.duplicates`` (``listings`` shows them).
         """
         self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -346,10 +353,9 @@ class ShopBot:
         in_engine = (getattr(engine, "filters_in_engine", False) and isinstance(where, (dict, Query))
                      and not _is_product_id(image))
         mask = None if in_engine else self.where_mask(where)
-        if _is_product_id(image):  # "more like this" never answers with the product itself (nor its other listings)
+        if _is_product_id(image):  # "more like this" never answers with the product itself
             mask = (np.ones(len(self.index.ids), bool) if mask is None else mask.copy())
-            own = self._position[image]
-            mask[self.duplicates.members(own) if collapse else own] = False
+            mask[self._position[image]] = False
         return self._nearest(vector, k, engine, mask, where if in_engine else None, class_prior, collapse)
 
     def _nearest(self, vector: np.ndarray, k: int, engine: Index, mask: np.ndarray | None, where: dict | Query | None,
@@ -407,8 +413,9 @@ class ShopBot:
         for tier, dropped in [(None, [])] + looser:  # what matches, then near matches, closest first
             more = (mask if tier is None else self.text_search.mask(tier)) & ~shown
             shown |= more
-            for position in [*self.positions([p.id for p in products]), *own]:
-                more[self.duplicates.members(position)] = False  # an item already on the page, or the anchor
+            more[own] = False  # never the anchor itself
+            for position in self.positions([p.id for p in products]):
+                more[self.duplicates.members(position)] = False  # an item already on the page
             if more.any():  # the type is filtered: no class prior
                 extra = self._nearest(vector, k - len(products), engine, more, None, 0.0, True)
                 products += [replace(p, near_match=near_words(dropped)) for p in extra]

@@ -207,6 +207,24 @@ class Conversation:
             return self._products(lambda k: self.bot.similar(int(product_id), k), f"Here are products like {name}.")
         return self._answer(respond)
 
+    def similar_listings(self, product_id: int, ids: Sequence[int] | None = None) -> Turn:
+        """The listings collapsed into a card ("+3 similar listings"; ``ids``, default: those of the
+        latest card of ``product_id``), as cards of their own."""
+        name = self._name(product_id)
+        self._add(Turn("shopper", text=f"Similar listings: {name}" if name else "Similar listings"))
+
+        def respond() -> Turn:
+            listed = ids
+            if listed is None:
+                card = next((p for t in reversed(self.turns) for p in t.products if p.id == product_id), None)
+                listed = card.duplicate_ids if card is not None else ()
+            if not listed:
+                return self._answer_text("That product has no other listings here.")
+            listed = self.bot.lookup(list(listed)[:MAX_RESULTS])
+            return self._products_turn(listed, f"Here are the {len(listed)} other listings like {name}.", more=False,
+                                       similarity=False)
+        return self._answer(respond)
+
     def show_more(self) -> Turn:
         """The next page of the last answer's products."""
         self._add(Turn("shopper", text="Show more"))

@@ -227,8 +227,12 @@ def test_a_duplicate_heavy_search_shows_one_card_per_item(duplicate_bot, catalog
         turn = chat.show_more()
         assert not {p.id for p in turn.products} & shown
         shown |= {p.id for p in turn.products}
-    more = chat.more_like_this(card.id)  # "more like this" never offers the same item's other listings
-    assert more.products and not {p.id for p in more.products} & set(listed)
+    listings = chat.similar_listings(card.id)  # the collapsed listings, one click away
+    assert listings.kind == "products" and [p.id for p in listings.products] == list(card.duplicate_ids)
+    assert chat.turns[-2].text.startswith("Similar listings: ")
+    more = chat.more_like_this(card.id)  # never the product itself; its other listings as one card at most
+    assert card.id not in {p.id for p in more.products} and len({p.id for p in more.products} & set(listed)) <= 1
+    assert chat.similar_listings(more.products[-1].id, ()).kind == "answer"  # nothing collapsed: says so
 
 
 def test_a_short_page_is_filled_with_near_matches_and_says_so(chat, chat_bot):

@@ -164,12 +164,17 @@ def test_errors_keep_the_app_usable(app):
     assert app.conversation.turns[-1].kind == "answer"
 
 
-def test_cards_show_collapsed_listings_and_near_matches(app, chat_bot):
+def test_cards_show_near_matches_and_open_their_collapsed_listings(app, chat_bot):
     from dataclasses import replace
 
-    product = replace(chat_bot.search("casual shoes", k=1)[0], duplicates=3, duplicate_ids=(1, 2, 3),
-                      near_match="close colour")
-    card = html_of(app._card(product, similarity=False))
-    assert "+3 similar listings" in card and "near match: close colour" in card and "listed as 1, 2, 3" in card
-    plain = html_of(app._card(replace(product, duplicates=0, duplicate_ids=(), near_match=""), similarity=False))
-    assert "similar listing" not in plain and "near match" not in plain
+    found = chat_bot.search("casual shoes", k=4)
+    others = tuple(p.id for p in found[1:])
+    product = replace(found[0], duplicates=3, duplicate_ids=others, near_match="close colour")
+    card = app._card(product, similarity=False)
+    assert "near match: close colour" in html_of(card)
+    plain = app._card(replace(product, duplicates=0, duplicate_ids=(), near_match=""), similarity=False)
+    assert "near match" not in html_of(plain) and not buttons(plain, "+3 similar listings")
+    buttons(card, "+3 similar listings")[0].click()
+    turn = app.conversation.turns[-1]
+    assert turn.kind == "products" and tuple(p.id for p in turn.products) == others
+    assert "More like this" in [b.description for b in buttons(rows(app, "bot")[-1])]
