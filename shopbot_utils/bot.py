@@ -383,8 +383,15 @@ class ShopBot:
             if len(heads) >= k or len(ids) < pool:
                 break
             pool *= 4  # the best ones were mostly listings of the same few items: look further
-        keep = np.flatnonzero(np.isin(positions, heads))
-        others = [self.duplicates.others(p, mask) for p in positions[keep]]
+        if len(heads) < k:  # fewer items than cards: their other listings follow, best first
+            heads = np.concatenate([heads, positions[~np.isin(positions, heads)][:k - len(heads)]])
+        rank = {p: i for i, p in enumerate(positions.tolist())}
+        keep = np.array([rank[p] for p in heads.tolist()], dtype=np.int64)
+        first = np.zeros(len(keep), bool)  # the first card of each item carries its count
+        first[np.unique(self.duplicates.labels[positions[keep]], return_index=True)[1]] = True
+        others = [self.duplicates.others(p, mask) if f else np.zeros(0, np.int64)
+                  for p, f in zip(positions[keep], first)]
+        others = [o[~np.isin(o, heads)] for o in others]
         return _products(self.products.loc[ids[keep]], scores[keep], [self.index.ids[o] for o in others])
 
     def refine(self, anchor: ImageInput | int, text: str, k: int = 5, index: str | Index | None = None,

@@ -811,19 +811,28 @@ class TextSearch:
             shown |= more
             positions, scores = np.concatenate([positions, extra]), np.concatenate([scores, extra_scores])
             tiers += [(shown.copy(), near_words(dropped))] * len(extra)
-        duplicates = [self.duplicates.others(p, allowed) if collapse else empty
-                      for p, (allowed, _) in zip(positions, tiers)]
+        duplicates = [_off_page(self.duplicates.others(p, allowed), positions) if head else empty
+                      for p, head, (allowed, _) in zip(positions, self._heads(positions, collapse), tiers)]
         near = [words for _, words in tiers]
         ignored = self.unused(text, query)
         message, reply = compose_reply(query, asked, relaxed, near, ignored, text=text)
         return SearchResult(positions, scores, query, relaxed, message, int(keep.sum()), duplicates, near, ignored,
                             reply)
 
+    def _heads(self, positions: np.ndarray, collapse: bool = True) -> np.ndarray:
+        """Which cards are the first of their item on the page (they carry its count of listings)."""
+        if not collapse:
+            return np.zeros(len(positions), bool)
+        heads = np.zeros(len(positions), bool)
+        heads[np.unique(self.duplicates.labels[positions], return_index=True)[1]] = True
+        return heads
+
     def _page(self, keep: np.ndarray, bm25: np.ndarray, dense: np.ndarray | None, k: int, pad: bool,
               collapse: bool, seen: np.ndarray | None = None, spread: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of ``keep`` by fused rank (``_fused``), one per item when ``collapse`` (and
-        none of the items ``seen``): positions and fused scores. ``spread``: the article types take
-        turns (the best of each, then the second best of each...)."""
+        none of the items ``seen``): positions and fused scores. When ``keep`` has fewer than ``k``
+        items, their other listings follow, best first: a listing that has what was asked beats a
+        near match. ``spread``: the article types take turns (the best of each, then the second...)."""
         allowed = np.flatnonzero(keep)
         if not len(allowed):
             return np.zeros(0, np.int64), np.zeros(0)
@@ -840,6 +849,12 @@ class TextSearch:
             if len(picked) >= k or depth >= len(allowed):
                 break
             depth = min(len(allowed), depth * 4)
+        if len(picked) < k and collapse:
+            ranked = allowed[best]
+            rest = ranked[~np.isin(ranked, picked)]
+            if seen is not None and len(seen):
+                rest = rest[~np.isin(self.duplicates.labels[rest], seen)]
+            picked = np.concatenate([picked, rest[:k - len(picked)]])
         return picked, fused[np.searchsorted(allowed, picked)]
 
 
@@ -906,6 +921,11 @@ def compose_reply(query: Query, asked: Query, relaxed: Sequence[str], near: Sequ
         intro = (f"Here are {asked.describe()}." if asked.fields
                  else f"Here is what I found for \"{text[:60]}\"." if text else "Here is what I found.")
     return " ".join([relaxation, *notes]).strip(), " ".join([relaxation or intro, *notes])
+
+
+def _off_page(others: np.ndarray, page: np.ndarray) -> np.ndarray:
+    """The listings of a card's item that are not cards of their own on the page."""
+    return others[~np.isin(others, page)]
 
 
 def ranking_text(text: str, query: Query) -> str:

@@ -81,7 +81,9 @@ def test_odd_images_work(bot):
 
 def test_k_larger_than_catalogue_and_bad_k(bot):
     assert len(bot.similar(random_image(), k=10**6, collapse=False)) == len(bot.index)
-    assert len(bot.similar(random_image(), k=10**6)) == len(set(bot.duplicates.labels))  # one card per item
+    everything, items = bot.similar(random_image(), k=10**6), len(set(bot.duplicates.labels))
+    assert len(everything) == len(bot.index)  # one card per item first, then the items' other listings
+    assert len({bot.duplicates.labels[bot.positions([p.id])[0]] for p in everything[:items]}) == items
     for k in (0, -1, 2.5):
         with pytest.raises(ValueError, match="k must be"):
             bot.similar(random_image(), k=k)

@@ -303,6 +303,16 @@ def test_near_duplicates_collapse_into_one_card(shop):
     assert len(set(_names(shop, apart))) < 3  # what the shopper saw before: the same shoe again and again
 
 
+def test_an_items_other_listings_come_before_near_matches(shop):
+    result = shop.search("black formal shoes for men", k=5)  # 3 items, 6 listings: all 5 cards are black shoes
+    ids = _ids(shop, result)
+    assert len({n.lower().replace("-", " ") for n in _names(shop, result)[:3]}) == 3  # one card per item first
+    assert set(ids[3:]) < {101, 102, 103, 104} and result.near == [""] * 5
+    head = next(i for i in ids[:3] if i in (101, 102, 103, 104))
+    assert shop.ids[result.duplicates[ids.index(head)]].tolist() == sorted({101, 102, 103, 104} - set(ids))
+    assert all(len(d) == 0 for d in result.duplicates[3:])  # not counted twice
+
+
 def test_collapse_counts_only_listings_that_pass_the_filters(shop):
     shop.duplicates = DuplicateGroups(np.where(shop.ids == 108, shop.duplicates.labels[shop.ids.tolist().index(101)],
                                                shop.duplicates.labels))  # 108 (brown) shows the same item
