@@ -26,6 +26,7 @@ import pandas as pd
 
 from shopbot_utils import ShopBot, config
 from shopbot_utils.data import load_split
+from shopbot_utils.duplicates import DUPLICATE_COSINE, choose_threshold
 from shopbot_utils.index import one_blas_thread
 from shopbot_utils.search_bench import (class_prior_report, page_report, refinement_cases, refinement_report,
                                         session_replies, text_search_report)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.duplicates:
         print("\nImage duplicates: same-type, same-colour pairs linked at each cosine")
         print(threshold.round(4).to_string(index=False))
+        print(f"chosen (at most 2% of links not identical pictures): {choose_threshold(threshold)}; "
+              f"shipped: duplicates.DUPLICATE_COSINE = {DUPLICATE_COSINE}")
     test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
     cases = refinement_cases(bot.products, bot.classes, n=args.refine_cases, candidates=test_ids)
     refine = refinement_report(bot, cases)

@@ -21,10 +21,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-#: Products of the same type and colour whose (fine-tuned) image embeddings reach this cosine are one
-#: item. Measured on the 40k catalogue (``benchmarks/bench_search.py --duplicates``): see
-#: ``threshold_report``, which picks it and prints how many pairs each candidate links.
-DUPLICATE_COSINE = 0.98
+#: Products of the same type and colour whose image embeddings reach this cosine are one item: the
+#: lowest cosine at which at most 2% of the linked pairs are not byte-identical pictures
+#: (``choose_threshold``). Measured on the 39,679 products (``benchmarks/bench_search.py --duplicates``):
+#: all 693 same-type, same-colour pairs with identical pictures are above 0.9999 and 12 other pairs
+#: (705 links); at 0.999, 110 of 803 links are other pictures (a lipstick range in other shades); at
+#: 0.99, 41,269 links, 81% between brands. Same-name listings are usually other designs (the six
+#: "Provogue Men Formal Black Formal Shoes" are six shoes): they are collapsed as similar listings.
+DUPLICATE_COSINE = 0.9999
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
 
@@ -129,12 +133,12 @@ def repeated_name_share(pages: Sequence[Sequence[str]]) -> float:
 
 
 def threshold_report(vectors: np.ndarray, names: Sequence[str], types: Sequence[str], colours: Sequence[str],
-                     image_keys: Sequence[str], thresholds: Sequence[float] = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
+                     image_keys: Sequence[str], thresholds: Sequence[float] = (0.98, 0.99, 0.995, 0.997, 0.999, 0.9995, 0.9999),
                      ) -> pd.DataFrame:
-    """How many same-type, same-colour pairs each cosine threshold links, and how many of them are
-    surely the same item (byte-identical pictures, ``image_keys``) or surely not (another brand:
-    the first word of the names differs). The threshold is the lowest one at which other-brand
-    pairs stay under 1% of the links."""
+    """How many same-type, same-colour pairs each cosine threshold links, how many of them have
+    byte-identical pictures (``image_keys``: the same item) and how many are between brands (the
+    first word of the names differs: other products, or one product relisted under a sister brand).
+    ``choose_threshold`` picks from it."""
     kinds = pd.Series(types, dtype=object).astype(str) + "/" + pd.Series(colours, dtype=object).astype(str)
     i, j, sims = image_pairs(np.asarray(vectors, dtype=np.float32), kinds.to_numpy(), min(thresholds))
     brand = pd.Series(names, dtype=object).fillna("").astype(str).str.lower().str.split().str[0].fillna("").to_numpy()
@@ -150,10 +154,18 @@ def threshold_report(vectors: np.ndarray, names: Sequence[str], types: Sequence[
         links = int(hit.sum())
         rows.append({"cosine": t, "pairs_linked": links, "same_name": int((hit & named_alike).sum()),
                      "identical_picture": int((hit & identical).sum()),
+                     "other_picture_share": float((hit & ~identical).sum() / max(links, 1)),
                      "identical_recall": float((hit & identical).sum() / max(all_identical, 1)),
                      "other_brand": int((hit & other_brand).sum()),
                      "other_brand_share": float((hit & other_brand).sum() / max(links, 1))})
     return pd.DataFrame(rows)
+
+
+def choose_threshold(report: pd.DataFrame, max_other_pictures: float = 0.02) -> float:
+    """The lowest cosine of ``threshold_report`` at which at most ``max_other_pictures`` of the linked
+    pairs are not identical pictures (the highest one tried when none is)."""
+    ok = report[report["other_picture_share"] <= max_other_pictures]
+    return float(ok["cosine"].min() if len(ok) else report["cosine"].max())
 
 
 def _identical_pairs(keys: np.ndarray, kinds: np.ndarray) -> int:

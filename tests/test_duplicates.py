@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shopbot_utils.duplicates import DuplicateGroups, normalise_name, repeated_name_share, threshold_report
+from shopbot_utils.duplicates import (DuplicateGroups, choose_threshold, normalise_name, repeated_name_share,
+                                      threshold_report)
 
 
 def test_names_are_normalised_before_they_are_compared():
@@ -60,3 +61,5 @@ def test_threshold_report_counts_identical_pictures_and_other_brands():
     loose, strict = report.to_dict("records")
     assert loose["pairs_linked"] == 4 and loose["identical_picture"] == 1 and loose["other_brand"] == 3
     assert strict["pairs_linked"] == 1 and strict["identical_recall"] == 1.0 and strict["other_brand_share"] == 0.0
+    assert loose["other_picture_share"] == 0.75 and strict["other_picture_share"] == 0.0
+    assert choose_threshold(report) == 0.999 and choose_threshold(report, max_other_pictures=0.8) == 0.9
