@@ -3,7 +3,7 @@
     python benchmarks/bench_search.py [--artifacts artifacts] [--refine-cases 200] [--duplicates]
 
 Text search: one query per attribute group (type x colour x gender, >= 5 products) in three
-wordings, for today's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker
+wordings, for the old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker
 (P@5, nDCG@10 with bootstrap intervals, zero-result and violation rates, p50/p95). Pages: the same
 queries' first page of 8 cards, with listings kept apart and no filling and as shipped: the share
 of pages with a product name twice, of short pages (fewer than 8 cards although the type has 8

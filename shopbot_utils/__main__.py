@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     b.add_argument("--mode", choices=["auto", "cpu", "full"], default="auto")
     b.add_argument("--scope", choices=["catalogue", "split"], default="catalogue")
-    r = sub.add_parser("report", help="copy executed notebooks back into notebooks/, scrubbed (make report)")
+    r = sub.add_parser("report", help="copy executed notebooks back into notebooks/, scrubbed, and fill "
+                                       "docs/results.json and the README's results from them (make report)")
     r.add_argument("executed", help="folder of executed notebooks (make run writes <artifacts>/notebooks)")
     g = sub.add_parser("golden", help="execute notebooks at small parameters into tests/golden (make golden)")
     g.add_argument("notebooks", nargs="+", help="the notebooks, in order")
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
             written = (report.write_report(args.executed) if args.command == "report"
                        else report.write_golden(args.notebooks))
+            if args.command == "report":
+                found = report.write_results()
+                written += [report.RESULTS_FILE, report.README]
+                print(f"{len(found)} results tables from the notebooks: {', '.join(found)}")
             print("\n".join(f"wrote {p}" for p in written))
             return 0
         from .bot import ShopBot

@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 
 from . import config
+from .artifacts import write_atomic
 from .config import logger
-from .data import ImageInput, read_id_csv
+from .data import ImageInput
 from .embed import embed_images, load_embeddings
 from .index import ExactIndex, Index, build_index, load_index, one_blas_thread
 from .intents import IntentClassifier, Reply
@@ -71,19 +72,45 @@ class Results(list):
 def save_products(folder: str | Path, styles: pd.DataFrame, ids: np.ndarray) -> Path:
     """Write the product facts of ``ids`` to ``products.csv`` so the bot needs no raw data (gender from
     Kaggle's column where it has one, else from the product name)."""
-    path = Path(folder) / "products.csv"
     rows = with_gender(styles.set_index("id", drop=False).loc[ids])
-    rows[PRODUCT_COLUMNS].to_csv(path, index=False)
-    return path
+    return write_atomic(Path(folder) / "products.csv", rows[PRODUCT_COLUMNS].to_csv(index=False))
+
+
+def _checked_products(path: Path) -> pd.DataFrame:
+    """``products.csv`` read as text with integer ids, or one ``ArtifactError`` saying what is wrong with it."""
+    rebuild = "rebuild it with `make run` (or notebook 03)"
+    try:
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ArtifactError(f"{path} is empty: {rebuild}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not a CSV file pandas can read ({exc}): {rebuild}") from None
+    problems = []
+    missing = [c for c in PRODUCT_COLUMNS[:5] if c not in rows]  # gender and usage came later: optional
+    if missing:
+        problems.append(f"it is missing the column(s) {', '.join(missing)}")
+    if "id" in rows:
+        ids = pd.to_numeric(rows["id"].str.strip(), errors="coerce")
+        bad = rows["id"][ids.isna() | (ids % 1 != 0)]
+        if len(bad):
+            problems.append(f"{len(bad)} rows have ids that are not whole numbers (e.g. {bad.iloc[0]!r})")
+        repeated = ids[ids.duplicated(keep=False) & ids.notna()]
+        if len(repeated):
+            problems.append(f"{len(repeated)} rows share an id (e.g. {int(repeated.iloc[0])})")
+    if problems:
+        raise ArtifactError(f"{path} is not a valid products.csv: {'; '.join(problems)}: {rebuild}")
+    rows["id"] = ids.astype(np.int64)
+    return rows
 
 
 def load_products(folder: str | Path) -> pd.DataFrame:
     """Read ``products.csv``, indexed by product id (files written before gender and usage get a
-    gender from the names and an empty usage)."""
+    gender from the names and an empty usage). ``ArtifactError`` with every problem found when a
+    column is missing, an id is not a whole number or appears twice."""
     path = Path(folder) / "products.csv"
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: run `make run` (or notebook 03) first")
-    rows = read_id_csv(path)
+    rows = _checked_products(path)
     for column in ("gender", "usage"):
         if column in rows:
             rows[column] = rows[column].fillna("").astype(str)

@@ -22,11 +22,13 @@ from typing import Callable, Sequence
 import pandas as pd
 from PIL import Image
 
+from .artifacts import append_line, write_atomic
 from .background import prepare_query
 from .bot import Product, ShopBot
 from .config import logger
 from .data import ImageError, load_image
 from .search import Query, parse_query
+from .text import redact
 
 #: Products shown per turn; "show more" adds as many again, up to ``MAX_RESULTS``.
 PAGE = 8
@@ -42,6 +44,9 @@ THUMB_PX = 160
 #: px (IoU 0.78) keeps a photo turn within the 1.5 s a shopper waits. ``Conversation(background=...)``
 #: takes any backend or name.
 CHAT_ISNET_SIZE = 512
+#: The feedback log is rotated when it reaches this size, keeping ``FEEDBACK_BACKUPS`` older files (25 MB in all).
+FEEDBACK_MAX_BYTES = 5 * 2**20
+FEEDBACK_BACKUPS = 4
 EXAMPLE_PHOTO = "Find shoes like mine"
 START_OVER = "Start over"
 #: What a first-time shopper can try (the greeting's chips).
@@ -74,6 +79,10 @@ class Turn:
     id: int = 0
 
 
+class FeedbackError(RuntimeError):
+    """Feedback could not be saved; the message is for the shopper (the log has the cause)."""
+
+
 def thumbnail_jpeg(img: Image.Image, size: int = THUMB_PX, quality: int = 85) -> bytes:
     """``img`` shrunk to ``size`` pixels on its longer side, as JPEG bytes."""
     small = img.convert("RGB")
@@ -85,7 +94,8 @@ def thumbnail_jpeg(img: Image.Image, size: int = THUMB_PX, quality: int = 85) ->
 
 class Thumbnails:
     """Catalogue thumbnails as JPEG bytes, made once from the images on disk: kept in memory and, with
-    ``folder``, written there so the next session reads them instead of resizing again."""
+    ``folder``, written there (whole or not at all) so the next session reads them instead of resizing
+    again. A cached file that does not decode (a kernel killed while writing it) is made again."""
 
     def __init__(self, image_path: Callable[[int], Path] | None, folder: str | Path | None = None,
                  size: int = THUMB_PX):
@@ -103,7 +113,10 @@ class Thumbnails:
     def _make(self, product_id: int) -> bytes | None:
         cached = self.folder / f"{product_id}.jpg" if self.folder is not None else None
         if cached is not None and cached.is_file():
-            return cached.read_bytes()
+            data = _read(cached)
+            if _decodes(data):
+                return data
+            logger.warning("the cached thumbnail %s is damaged: making it again", cached)
         if self.image_path is None:
             return None
         try:
@@ -113,8 +126,7 @@ class Thumbnails:
             return None
         if cached is not None:
             try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                cached.write_bytes(data)
+                write_atomic(cached, data)
             except OSError as exc:  # a read-only artifacts folder only costs the disk cache
                 logger.warning("could not cache thumbnails in %s: %s", self.folder, exc)
                 self.folder = None
@@ -257,7 +269,11 @@ class Conversation:
 
     def feedback(self, turn_id: int, verdict: str) -> dict:
         """Thumbs up (``"up"``) or down (``"down"``) on bot turn ``turn_id``: one JSON line appended to
-        ``feedback_log`` with what was asked, what was answered and the verdict. Returns the record."""
+        ``feedback_log`` with what was asked, what was answered and the verdict. Returns the record.
+
+        Texts are redacted first (``text.redact``: e-mail addresses, phone, card and order numbers) and a
+        photo's file name is not kept; the log is rotated at ``FEEDBACK_MAX_BYTES`` and is safe to append
+        to from several kernels. ``FeedbackError`` (a message for the shopper) when it cannot be written."""
         if verdict not in ("up", "down"):
             raise ValueError(f"verdict must be 'up' or 'down', got {verdict!r}")
         position = next((i for i, t in enumerate(self.turns) if t.id == turn_id and t.role == "bot"), None)
@@ -266,12 +282,15 @@ class Conversation:
         turn = self.turns[position]
         asked = next((t for t in reversed(self.turns[:position]) if t.role == "shopper"), None)
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "turn": turn_id, "verdict": verdict,
-                  "asked": {"text": asked.text, "photo": asked.filename or (asked.photo is not None)} if asked else None,
-                  "answered": {"kind": turn.kind, "intent": turn.intent, "text": turn.text,
+                  "asked": {"text": redact(asked.text), "photo": asked.photo is not None or bool(asked.filename)}
+                  if asked else None,
+                  "answered": {"kind": turn.kind, "intent": turn.intent, "text": redact(turn.text),
                                "products": [p.id for p in turn.products]}}
-        self.feedback_log.parent.mkdir(parents=True, exist_ok=True)
-        with self.feedback_log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            append_line(self.feedback_log, json.dumps(record, ensure_ascii=False), FEEDBACK_MAX_BYTES, FEEDBACK_BACKUPS)
+        except OSError as exc:  # a read-only or full disk: the shopper is told, the log says why
+            logger.warning("feedback not saved to %s: %s", self.feedback_log, exc)
+            raise FeedbackError("Sorry, your feedback could not be saved right now.") from exc
         return record
 
     # ------------------------------------------------------------------ answering
@@ -424,6 +443,25 @@ def _decode_upload(photo) -> tuple[Image.Image | None, str | None]:
         return load_image(photo), None
     except ImageError as exc:
         return None, f"I could not use that file as a photo: {exc}."
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _decodes(data: bytes) -> bool:
+    """Is ``data`` a whole JPEG (not empty, not cut short)?"""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means: make it again
+        return False
 
 
 def _main_type(products: Sequence[Product]) -> str:

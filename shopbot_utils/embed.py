@@ -10,7 +10,7 @@ import torch
 
 from . import __version__
 from .data import ImageError, ImageInput
-from .artifacts import read_meta
+from .artifacts import atomic_writer, read_meta, write_atomic
 from .vision import ArtifactError, ShopNet, batches, to_tensor, DEFAULT_IMAGE_SIZE
 
 EMBEDDINGS_FORMAT_VERSION = 1
@@ -57,16 +57,17 @@ def embed_files(model: ShopNet, ids: Sequence[int], paths: Sequence[Path],
 
 
 def save_embeddings(folder: str | Path, ids: np.ndarray, vectors: np.ndarray, model_sha256: str) -> Path:
-    """Write ``embeddings.npz`` (ids, vectors) and ``embeddings.json`` (what produced them)."""
+    """Write ``embeddings.npz`` (ids, vectors) and ``embeddings.json`` (what produced them), each whole
+    or not at all (see ``artifacts.atomic_writer``)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if len(ids) != len(vectors):
         raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
     path = folder / "embeddings.npz"
-    np.savez(path, ids=np.asarray(ids, np.int64), vectors=np.asarray(vectors, np.float32))
+    with atomic_writer(path) as f:
+        np.savez(f, ids=np.asarray(ids, np.int64), vectors=np.asarray(vectors, np.float32))
     meta = {"format_version": EMBEDDINGS_FORMAT_VERSION, "package_version": __version__,
             "model_sha256": model_sha256, "count": int(len(ids)), "dim": int(vectors.shape[1])}
-    (folder / "embeddings.json").write_text(json.dumps(meta, indent=1))
+    write_atomic(folder / "embeddings.json", json.dumps(meta, indent=1))
     return path
 
 
@@ -77,8 +78,8 @@ def load_embeddings(folder: str | Path, model_sha256: str | None = None) -> tupl
     meta = read_meta(meta_path, path, None, EMBEDDINGS_FORMAT_VERSION,
                      f"no embeddings in {folder}: run `make run` (or notebook 03) first", "rebuild with `make run`")
     if model_sha256 is not None and meta.get("model_sha256") != model_sha256:
-        raise ArtifactError(f"{path} was computed with another model than {folder}/model.pth: "
-                            "re-run notebook 03 (or `make run`)")
+        raise ArtifactError(f"{path} was computed with another model (sha256 {str(meta.get('model_sha256'))[:12]}...) "
+                            f"than {folder}/model.pth (sha256 {model_sha256[:12]}...): re-run notebook 03 (or `make run`)")
     try:
         with np.load(path, allow_pickle=False) as z:
             ids, vectors = z["ids"], z["vectors"]

@@ -88,10 +88,26 @@ def latency_ms(fn: Callable[[object], object], inputs: Sequence, warmup: int = 3
             "mean_ms": float(t.mean()), "n": int(len(t))}
 
 
-def split_gallery(bot, split: pd.DataFrame) -> ExactIndex:
-    """The poster's protocol's index: the bot's embeddings of the train+valid products only."""
+class ClassPriorIndex:
+    """An index whose answers ``bot.with_class_prior`` re-orders, as ``ShopBot.similar`` does (for
+    ``retrieval_metrics``): the ``pool`` nearest by cosine, then cosine + ``weight`` x log p(type)."""
+
+    def __init__(self, bot, gallery, weight: float, pool: int):
+        self.bot, self.gallery, self.weight, self.pool = bot, gallery, weight, pool
+
+    def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = self.gallery.query_batch(queries, max(self.pool, k) if self.weight else k)
+        return self.bot.with_class_prior(queries, ids, scores, k, self.weight) if self.weight else (ids, scores)
+
+
+def split_gallery(bot, split: pd.DataFrame, kind: str = "exact", **params):
+    """The strict protocol's index: the bot's embeddings of the train+valid products only, in an
+    index of ``kind`` (``exact`` by default; the bot's own kind and ``params`` to measure what it ships)."""
+    from .index import build_index
+
     gallery_ids = split.loc[split["split"] != "test", "id"].to_numpy()
-    return ExactIndex(bot.index.vectors[bot.positions(gallery_ids)], gallery_ids)
+    vectors = bot.index.vectors[bot.positions(gallery_ids)]
+    return ExactIndex(vectors, gallery_ids) if kind == "exact" else build_index(kind, vectors, gallery_ids, **params)
 
 
 def split_retrieval_metrics(bot, split: pd.DataFrame, k: int = 5) -> dict:

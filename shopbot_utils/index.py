@@ -21,7 +21,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from . import __version__, config
-from .artifacts import ArtifactError, read_meta
+from .artifacts import ArtifactError, read_meta, write_atomic
 
 #: A filter that lets fewer products than this through is searched exactly over them, whatever the
 #: index (as vector databases do): a hash or graph walk would mostly visit products it must discard,
@@ -422,16 +422,13 @@ def build_index(kind: str, vectors: np.ndarray, ids: Sequence[int], **params) ->
 def save_index(index: Index, folder: str | Path, name: str = "index") -> Path:
     """Write ``<name>.json`` (kind, parameters, versions, embeddings fingerprint) and ``<name>.npz``."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **index.arrays())
-    (folder / f"{name}.npz").write_bytes(buffer.getvalue())
+    write_atomic(folder / f"{name}.npz", buffer.getvalue())
     meta = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "package_version": __version__,
             "kind": index.kind, "params": index.params, "count": len(index), "dim": int(index.vectors.shape[1]),
             "embeddings_sha256": fingerprint(index.vectors, index.ids)}
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(meta, indent=1))
-    return path
+    return write_atomic(folder / f"{name}.json", json.dumps(meta, indent=1))
 
 
 def load_index(folder: str | Path, vectors: np.ndarray, ids: Sequence[int], name: str = "index") -> Index:

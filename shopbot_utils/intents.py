@@ -24,7 +24,7 @@ from . import __version__, config
 from .config import logger
 from .search import parse_query
 from .text import Preprocessor, clean_text
-from .artifacts import ArtifactError, read_meta
+from .artifacts import ArtifactError, atomic_writer, read_meta, write_atomic
 from .sentence import SCALE, SentenceEncoder
 
 OUT_OF_SCOPE = "out_of_scope"
@@ -304,19 +304,17 @@ class IntentClassifier:
     def save(self, folder: str | Path) -> Path:
         """Write ``intent_model.npz`` (weights) and ``intent_model.json`` (everything else)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: v.numpy() for k, v in self.net.state_dict().items()}
         if self.memory is not None:
             arrays[_MEMORY_KEYS[0]], arrays[_MEMORY_KEYS[1]] = self.memory[0].astype(np.float16), self.memory[1]
-        np.savez(folder / "intent_model.npz", **arrays)
+        with atomic_writer(folder / "intent_model.npz") as f:
+            np.savez(f, **arrays)
         meta = {"format": INTENT_FORMAT, "format_version": INTENT_FORMAT_VERSION, "package_version": __version__,
                 "classes": self.classes, "features": self.features, "vocabulary": self.pre.counts,
                 "threshold": self.threshold, "hidden": list(self.hidden), "responses": self.responses,
                 "sentence_encoder": self.encoder.name if self.encoder else None,
                 "neighbour_weight": self.neighbour_weight, "neighbour_temperature": NEIGHBOUR_TEMPERATURE}
-        path = folder / "intent_model.json"
-        path.write_text(json.dumps(meta, indent=1))
-        return path
+        return write_atomic(folder / "intent_model.json", json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, folder: str | Path) -> "IntentClassifier":
@@ -551,6 +549,6 @@ def build_intents(artifacts: str | Path, intents_path: str | Path | None = None,
     metrics["ask_latency"] = ask_latency(training.classifier, test.sample(min(200, len(test)), random_state=seed).tolist())
     out = Path(artifacts) / "intents"
     training.classifier.save(out)
-    training.curve.to_csv(out / "threshold_tradeoff.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_atomic(out / "threshold_tradeoff.csv", training.curve.to_csv(index=False))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     return training, metrics

@@ -12,20 +12,20 @@ import pandas as pd
 import torch
 
 from . import config
+from .artifacts import write_atomic
 from .bot import ShopBot, load_products, save_products
 from .config import logger
 from .data import Catalogue, load_catalogue, load_split, make_split, save_split
 from .embed import embed_files, load_embeddings, save_embeddings
 from .index import DEFAULT_INDEX, Index, build_index, save_index
 from .search import TextSearch, build_name_embeddings, ids_sha256
-from .evaluate import (classification_metrics, confused_pairs, latency_ms, literal_retrieval_metrics,
-                       split_retrieval_metrics)
-from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, create_model, load_model,
-                     predict_proba, run_prefix, save_model, train_cached, train_full)
+from .evaluate import (ClassPriorIndex, ExactIndex, classification_metrics, confused_pairs, latency_ms,
+                       literal_retrieval_metrics, retrieval_metrics, split_gallery, split_retrieval_metrics)
+from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, batches, create_model, load_model,
+                     predict_proba, run_prefix, save_model, to_tensor, train_cached, train_full)
 
-#: Measured on the shared catalogue with a frozen ImageNet EfficientNet-Lite0 (224 px) and a
-#: logistic-regression head on an 80/20 split (figures given in the foundation issue).
-BASELINE = {"accuracy": 0.868, "macro_f1": 0.822, "poster_score": 0.891}
+#: The course's targets: accuracy and macro-F1 set for the CPU run, the poster's own score, a query
+#: (embed + search) well under the poster's 0.04 s.
 TARGETS = {"accuracy": 0.92, "macro_f1": 0.88, "poster_score": 0.9685, "p50_ms": 40.0}
 
 
@@ -147,8 +147,54 @@ def build_text_search(artifacts: str | Path) -> dict:
             "names_per_s": len(search) / names_s}
 
 
+def shipped_retrieval(bot: ShopBot, split: pd.DataFrame, k: int = 5) -> list[dict]:
+    """The strict protocol (test images query an index of train+valid) for exact search and the bot's
+    own index kind, each without and with the class prior that ``ShopBot.similar`` adds: the last row
+    is what the bot ships."""
+    from .bot import CLASS_PRIOR, PRIOR_POOL
+
+    test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
+    queries, facts = bot.stored_embeddings(test_ids), split.set_index("id")
+    rows = []
+    for kind in dict.fromkeys(["exact", bot.index.kind]):
+        gallery = split_gallery(bot, split, kind, **(bot.index.params if kind == bot.index.kind else {}))
+        for weight in (0.0, CLASS_PRIOR):
+            rows.append({"index": kind, "class_prior": weight,
+                         **retrieval_metrics(ClassPriorIndex(bot, gallery, weight, PRIOR_POOL), queries, test_ids, facts, k=k)})
+    return rows
+
+
+@torch.inference_mode()
+def frozen_features(backbone: str, paths: list, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                    batch_size: int = 32) -> np.ndarray:
+    """The ImageNet backbone's average-pooled output for each image, nothing fine-tuned (the baseline)."""
+    body = BACKBONES[backbone].build(pretrained=True).eval()
+    out = [body(to_tensor(chunk, image_size)).mean((2, 3)) for chunk in batches(paths, batch_size, "frozen ImageNet features")]
+    return torch.cat(out).numpy()
+
+
+def frozen_baseline(catalogue: Catalogue, split: pd.DataFrame, backbone: str = "efficientnet_lite0",
+                    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, k: int = 5, seed: int = config.SEED) -> dict:
+    """What fine-tuning buys, under the same protocol as the model: the frozen ImageNet backbone's
+    pooled features, a logistic regression trained on the train split for the classifier, and the
+    same features searched exactly (test images against train+valid) for the poster's score."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = frozen_features(backbone, [catalogue.image_path(i) for i in split["id"]], image_size)
+    train, test = (split["split"] == "train").to_numpy(), (split["split"] == "test").to_numpy()
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, random_state=seed))
+    clf.fit(features[train], split.loc[train, "articleType"])
+    metrics = classification_metrics(split.loc[test, "articleType"].tolist(), clf.predict(features[test]).tolist())
+    ids = split["id"].to_numpy()
+    gallery = ExactIndex(features[~test], ids[~test])
+    metrics |= retrieval_metrics(gallery, features[test], ids[test], split.set_index("id"), k=k)
+    return metrics | {"backbone": backbone, "image_size": list(image_size), "features": int(features.shape[1])}
+
+
 def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
-                       latency_queries: int = 100) -> dict:
+                       latency_queries: int = 100, baseline: bool = True) -> dict:
     """The report's metrics on the test split; written to ``artifacts/metrics.json``.
 
     Retrieval: test images query an index of the train+valid images (strict, the headline);
@@ -161,6 +207,7 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     split = load_split(artifacts)
     test = split[split["split"] == "test"]
     metrics: dict = {"retrieval": split_retrieval_metrics(bot, split, k=k),
+                     "retrieval_shipped": shipped_retrieval(bot, split, k=k),
                      "retrieval_literal": literal_retrieval_metrics(bot, split, k=k)}
     paths = [catalogue.image_path(i) for i in test["id"]]
     probs = predict_proba(bot.model, paths, tuple(bot.info.image_size))
@@ -173,11 +220,12 @@ def evaluate_artifacts(artifacts: str | Path, catalogue: Catalogue, k: int = 5,
     metrics["latency_similar"] = latency_ms(lambda p: bot.similar(p, k=k), sample)
     metrics["latency_similar"]["index_size"] = len(bot.index)
     metrics["latency_similar"]["index"] = {"kind": bot.index.kind, **bot.index.params}
-    metrics["baseline_reference"] = BASELINE
+    if baseline:
+        metrics["frozen_baseline"] = frozen_baseline(catalogue, split, bot.info.backbone, tuple(bot.info.image_size), k=k)
     metrics["targets"] = TARGETS
     metrics["model"] = {"backbone": bot.info.backbone, **bot.info.training}
     metrics["torch_threads"] = torch.get_num_threads()
-    (Path(artifacts) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_atomic(Path(artifacts) / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Iterable
 
 import nbformat
 
 from . import config
+from .artifacts import write_atomic
 
 #: The parameters of a small run: every notebook top to bottom on CPU in a few minutes (tests, golden).
 SMALL_PARAMETERS = {"per_class": 4, "epochs": 1, "scope": "split", "latency_queries": 5, "n_examples": 3,
@@ -30,6 +33,7 @@ MAX_FIGURE_WIDTH = 1000
 GOLDEN_DIR = config.ROOT / "tests" / "golden"
 
 _PROGRESS = re.compile(r"\d+%\|")  # tqdm's text bars
+_FAST_PROGRESS = re.compile(r"\|[-█ ]*\| *\d+\.\d+% \[\d+/\d+")  # fastprogress's (fastai's training bars)
 _ADDRESS = re.compile(r"\b0x[0-9a-f]{6,}\b")
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -39,6 +43,222 @@ def learned(points: Iterable[str]):
     from IPython.display import Markdown
 
     return Markdown("**This run, in numbers:**\n\n" + "\n".join(f"- {p}" for p in points))
+
+
+# ------------------------------------------------------------------ results: notebooks -> JSON -> README
+#: The MIME type under which a notebook's ``results(...)`` output carries its table as JSON, beside
+#: the Markdown a reader sees; ``make report`` collects them into ``RESULTS_FILE`` and the README.
+RESULTS_MIME = "application/vnd.shopbot.results+json"
+RESULTS_FILE = config.ROOT / "docs" / "results.json"
+README = config.ROOT / "README.md"
+_RUN_INFO: dict = {}
+
+
+def _others_cpu(seconds: float = 1.0) -> float:
+    """Cores used by processes other than this one and its family, over ``seconds``."""
+    import time
+
+    import psutil
+
+    me = psutil.Process()
+    family = [me, *me.parents(), *me.children(recursive=True)]
+
+    def own() -> float:
+        total = 0.0
+        for p in family:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    b0, o0, t0 = busy(), own(), time.perf_counter()
+    time.sleep(seconds)
+    elapsed = time.perf_counter() - t0
+    return max(0.0, (busy() - b0) - (own() - o0)) / elapsed
+
+
+def run_info() -> dict:
+    """The run a notebook's results come from: its date, the machine, and whether other processes
+    shared the machine (cores they used over one second when first asked, in this kernel)."""
+    if not _RUN_INFO:
+        import datetime
+        import platform
+
+        import torch
+
+        cores = os.cpu_count() or 1
+        cpu = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        others = _others_cpu()
+        _RUN_INFO.update({"date": datetime.date.today().isoformat(), "machine": f"{cores} CPU cores ({cpu}), {gpu}",
+                          "load": "idle" if others < 0.25 else f"shared: other processes used {others:.1f} of {cores} cores"})
+    return dict(_RUN_INFO)
+
+
+def _cell(value, fmt: str | None) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, fmt)
+    return str(value)
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table of already formatted cells."""
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run_line(payload: dict) -> str:
+    """Where a results table comes from, in one italic line."""
+    run = payload["run"]
+    return f"*{payload['source']}, run of {run['date']} on {run['machine']}; {run['load']}.*"
+
+
+class Results:
+    """A results table as a notebook shows it (Markdown) and as ``make report`` reads it (JSON)."""
+
+    def __init__(self, payload: dict):
+        self.payload = payload
+
+    def markdown(self, run: bool = True) -> str:
+        p = self.payload
+        text = f"**{p['title']}**\n\n{markdown_table(p['columns'], p['rows'])}"
+        if p.get("note"):
+            text += f"\n\n{p['note']}"
+        return text + (f"\n\n{run_line(p)}" if run else "")
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/markdown": self.markdown(), "text/plain": self.markdown(), RESULTS_MIME: self.payload}
+
+
+def results(key: str, title: str, table, formats: dict[str, str] | None = None, note: str = "",
+            values: dict[str, str] | None = None, source: str | None = None) -> Results:
+    """Show a notebook's results table and mark it for the README (``make report``).
+
+    ``table``: a DataFrame (its index becomes the first column when named) or a list of dicts;
+    ``formats`` maps a column to a format spec (``".3f"``); the cells are stored as the reader sees
+    them, so the README shows exactly the notebook's figures. ``values`` are headline figures
+    (already formatted strings) that the README's prose quotes.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(table) if not isinstance(table, pd.DataFrame) else table
+    if df.index.name is not None:
+        df = df.reset_index()
+    formats = formats or {}
+    columns = [str(c) for c in df.columns]
+    rows = [[_cell(v, formats.get(c)) for c, v in zip(columns, row)] for row in df.itertuples(index=False)]
+    if source is None:
+        source = _notebook_name() or "this notebook"
+    payload = {"key": key, "title": title, "columns": columns, "rows": rows, "note": note,
+               "values": dict(values or {}), "source": source, "run": run_info()}
+    return Results(payload)
+
+
+def _notebook_name() -> str | None:
+    """The running notebook's name ("notebook 04"), from papermill's or Jupyter's environment."""
+    name = os.environ.get("JPY_SESSION_NAME") or os.environ.get("SHOPBOT_NOTEBOOK")
+    if name:
+        m = re.match(r"(\d+b?)_", Path(name).name)
+        return f"notebook {m.group(1)}" if m else Path(name).stem
+    return None
+
+
+def collect_results(notebooks: Iterable[str | Path]) -> dict:
+    """Every ``results(...)`` payload stored in the (committed) notebooks, by key."""
+    found: dict = {}
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        m = re.match(r"(\d+b?)_", Path(path).name)
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                payload = out.get("data", {}).get(RESULTS_MIME)
+                if payload is None:
+                    continue
+                payload = json.loads(json.dumps(payload))
+                if m:
+                    payload["source"] = f"notebook {m.group(1)}"
+                if payload["key"] in found:
+                    raise ValueError(f"results key {payload['key']!r} appears twice ({path})")
+                found[payload["key"]] = payload
+    return dict(sorted(found.items()))
+
+
+_BLOCK = re.compile(r"(<!-- results: ([\w.-]+) -->\n).*?(\n<!-- /results -->)", re.S)
+_VALUE = re.compile(r"(<!-- value: ([\w.-]+)\.([\w.-]+) -->).*?(<!-- /value -->)", re.S)
+
+
+def render_readme(text: str, results_by_key: dict) -> str:
+    """``text`` with every results block and quoted value filled in from ``results_by_key``.
+
+    A block is ``<!-- results: KEY -->`` ... ``<!-- /results -->`` (the table and the line naming its
+    run); a value is ``<!-- value: KEY.NAME -->`` ... ``<!-- /value -->``. An unknown key is an error.
+    """
+    def block(m):
+        key = m.group(2)
+        if key not in results_by_key:
+            raise KeyError(f"README asks for results {key!r}, which no notebook records")
+        return m.group(1) + Results(results_by_key[key]).markdown() + m.group(3)
+
+    def value(m):
+        key, name = m.group(2), m.group(3)
+        try:
+            return m.group(1) + results_by_key[key]["values"][name] + m.group(4)
+        except KeyError:
+            raise KeyError(f"README quotes {key}.{name}, which no notebook records") from None
+
+    return _VALUE.sub(value, _BLOCK.sub(block, text))
+
+
+def write_results(notebooks: Iterable[str | Path] | None = None, results_file: Path = RESULTS_FILE,
+                  readme: Path = README) -> dict:
+    """Collect the committed notebooks' results into ``results_file`` and fill the README from it."""
+    notebooks = sorted((config.ROOT / "notebooks").glob("[0-9]*.ipynb")) if notebooks is None else notebooks
+    found = collect_results(notebooks)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(results_file, json.dumps(found, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(readme, render_readme(readme.read_text(), found))
+    return found
+
+
+# ------------------------------------------------------------------ figures typed into prose
+#: Figures that may be typed in a notebook's Markdown, and why: they are not measured by the run.
+TYPED_FIGURES_ALLOWED = {
+    "96.85%": "the poster's reported score (its claim, quoted)",
+    "0.9685": "the poster's reported score (its claim, quoted)",
+    "0.04 s": "the poster's reported time per query (its claim, quoted)",
+    "20%": "the poster's protocol: a fifth of the dataset as queries (a definition)",
+    "0.5": "half credit for the same sub-category in the poster's score (a definition)",
+}
+_FIGURE = re.compile(r"\d+(?:[.,]\d+)*\s*%|\d+(?:\.\d+)?\s*(?:ms|s|seconds?|min|minutes?|hours?|h)\b|\d+\.\d+")
+_CODE_OR_MATH = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]+\$|<img[^>]*>|\]\([^)]*\)", re.S)
+
+
+def typed_figures(markdown: str) -> list[str]:
+    """Measured-looking figures (decimals, percentages, durations) typed into Markdown prose.
+
+    Code spans, equations and links are skipped (parameter values, definitions, URLs), and so are
+    the figures in ``TYPED_FIGURES_ALLOWED``.
+    """
+    prose = _CODE_OR_MATH.sub(" ", markdown)
+    found = [m.group(0).strip() for m in _FIGURE.finditer(prose)]
+    return [f for f in found if re.sub(r"\s+", " ", f) not in TYPED_FIGURES_ALLOWED]
 
 
 def notebook_parameters(path: str | Path, parameters: dict = SMALL_PARAMETERS) -> dict:
@@ -57,7 +277,14 @@ def _path_replacements() -> list[tuple[str, str]]:
         if os.environ.get(var):
             pairs[str(Path(os.environ[var]).resolve())] = label
             pairs[os.environ[var]] = label
+    pairs[str(config.SHARED.resolve())] = "<shared>"
     pairs[str(Path.home())] = "~"
+    import site
+    import sysconfig
+
+    for folder in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}:
+        pairs[folder] = "<site-packages>"
+    pairs[sys.prefix] = "<python>"
     return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
 
 
@@ -85,11 +312,40 @@ def shrink_png(data: str, max_width: int = MAX_FIGURE_WIDTH) -> str:
     return base64.b64encode(best if len(best) < len(original) else original).decode()
 
 
+def _terminal_text(text: str) -> str:
+    """What a terminal would show of ``text``: each line's last carriage-return segment, without the
+    lines that are progress bars (tqdm's, fastprogress's) or blank."""
+    lines = []
+    for line in text.split("\n"):
+        shown = line.split("\r")
+        shown = next((seg for seg in reversed(shown) if seg.strip()), "")
+        if _PROGRESS.search(shown) or _FAST_PROGRESS.search(shown) or set(shown.strip()) <= {"█"} and shown.strip():
+            continue
+        lines.append(shown.rstrip())
+    out = "\n".join(lines).strip("\n")
+    return out + "\n" if out else ""
+
+
+def _merge_streams(outputs: list) -> list:
+    """Consecutive stream outputs of the same name as one (as Jupyter shows them)."""
+    merged: list = []
+    for o in outputs:
+        if (o.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == o.get("name")):
+            merged[-1]["text"] = merged[-1]["text"] + ("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
+            continue
+        if o.get("output_type") == "stream" and isinstance(o.get("text"), list):
+            o["text"] = "".join(o["text"])
+        merged.append(o)
+    return merged
+
+
 def _scrub_output(output: dict, replacements) -> dict | None:
     if output.get("output_type") == "stream":
-        if output.get("name") == "stderr" and _PROGRESS.search(output.get("text", "")):
-            return None  # progress bars: live feedback, not a result
-        output["text"] = scrub_text(output["text"], replacements)
+        text = _terminal_text(scrub_text(output.get("text", ""), replacements))
+        if not text.strip():
+            return None  # progress bars and blank lines: live feedback, not a result
+        output["text"] = text
         return output
     data = output.get("data", {})
     if _WIDGET in data:  # live UI (progress bars, the chat): its state is not saved, its model id is random
@@ -99,6 +355,8 @@ def _scrub_output(output: dict, replacements) -> dict | None:
             data[mime] = shrink_png(value)
         elif mime.startswith("text/"):
             data[mime] = scrub_text("".join(value) if isinstance(value, list) else value, replacements)
+        elif mime == RESULTS_MIME:
+            data[mime] = json.loads(scrub_text(json.dumps(value), replacements))
     if output.get("output_type") == "error":
         output["traceback"] = [scrub_text(t, replacements) for t in output.get("traceback", [])]
     return output
@@ -122,7 +380,8 @@ def scrub_notebook(nb, keep_outputs=lambda cell: True):
         if not keep_outputs(cell):
             cell.outputs, cell.execution_count = [], None
             continue
-        cell.outputs = [o for o in (_scrub_output(o, replacements) for o in cell.outputs) if o is not None]
+        scrubbed = [o for o in (_scrub_output(o, replacements) for o in _merge_streams(cell.outputs)) if o is not None]
+        cell.outputs = _merge_streams(scrubbed)  # streams that progress bars kept apart
     nb.nbformat, nb.nbformat_minor = 4, 4
     return nb
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .artifacts import ArtifactError, read_meta
+from .artifacts import ArtifactError, atomic_folder, atomic_writer, read_meta, write_atomic
 from .duplicates import DuplicateGroups
 
 SEARCH_FORMAT = "shopbot-text-search"
@@ -91,8 +91,9 @@ FAMILY_WORDS: dict[str, list[str]] = {
     "jewellery": ["Earrings"], "jewelry": ["Earrings"],
     "makeup": ["Lipstick", "Nail Polish"], "make up": ["Lipstick", "Nail Polish"],
 }
-#: Colour words -> the catalogue's ``baseColour``. The catalogue's own names come first; shades map
-#: to the colour the catalogue files them under. Every colour of the catalogue has an entry (a test
+#: Colour words -> the catalogue's ``baseColour``. The catalogue's own names come first (a two-word name
+#: must be there whole: "turquoise blue" read as "turquoise" then "blue" lets plain Blue through); shades
+#: map to the colour the catalogue files them under. Every colour of the catalogue has an entry (a test
 #: checks it against the catalogue's own list).
 COLOUR_WORDS: dict[str, list[str]] = {
     "Black": ["black", "jet black", "ebony", "onyx"], "White": ["white", "snow white", "optic white"],
@@ -119,12 +120,13 @@ COLOUR_WORDS: dict[str, list[str]] = {
     "Grey Melange": ["grey melange", "melange", "heather grey", "heather gray", "marl"],
     "Magenta": ["magenta", "fuchsia", "fuschia"], "Tan": ["tan", "camel", "caramel"], "Teal": ["teal", "peacock blue"],
     "Bronze": ["bronze"], "Mustard": ["mustard", "ochre"], "Copper": ["copper"],
-    "Turquoise Blue": ["turquoise", "aqua", "aquamarine", "cyan"],
+    "Turquoise Blue": ["turquoise blue", "turquoise", "aqua", "aquamarine", "cyan"],
     "Rust": ["rust", "terracotta", "brick red", "burnt orange"], "Metallic": ["metallic"], "Burgundy": ["burgundy"],
-    "Coffee Brown": ["coffee", "mocha", "espresso", "dark brown"],
-    "Mauve": ["mauve"], "Nude": ["nude"], "Sea Green": ["sea green"], "Mushroom Brown": ["mushroom"],
+    "Coffee Brown": ["coffee brown", "coffee", "mocha", "espresso", "dark brown"],
+    "Mauve": ["mauve"], "Nude": ["nude"], "Sea Green": ["sea green"], "Mushroom Brown": ["mushroom brown", "mushroom"],
     "Rose": ["rose"], "Taupe": ["taupe"], "Lime Green": ["lime", "lime green", "chartreuse"],
-    "Fluorescent Green": ["fluorescent", "neon green"], "Skin": ["skin", "skin colour", "skin color", "flesh"],
+    "Fluorescent Green": ["fluorescent green", "fluorescent", "neon green"],
+    "Skin": ["skin", "skin colour", "skin color", "flesh"],
 }
 #: The catalogue's colours closest to each of its colours, closest first: a short page is filled with
 #: these shades before the colour is dropped (no Burgundy heels: Maroon ones; Off White: Cream, White).
@@ -155,7 +157,8 @@ TYPE_NEIGHBOURS: dict[str, list[str]] = {
     "Flip Flops": ["Sandals"], "Casual Shoes": ["Sports Shoes", "Formal Shoes"], "Sports Shoes": ["Casual Shoes"],
     "Formal Shoes": ["Casual Shoes"], "Shirts": ["Tshirts"], "Tshirts": ["Shirts", "Tops"],
     "Tops": ["Tshirts", "Kurtas"], "Kurtas": ["Tops"], "Dresses": ["Tops"], "Sarees": ["Kurtas"],
-    "Sweaters": ["Sweatshirts", "Jackets"], "Sweatshirts": ["Sweaters", "Jackets"], "Jackets": ["Sweatshirts", "Sweaters"],
+    "Sweaters": ["Sweatshirts", "Jackets"], "Sweatshirts": ["Sweaters", "Jackets"],
+    "Jackets": ["Sweatshirts", "Sweaters"],
     "Jeans": ["Trousers"], "Trousers": ["Jeans", "Track Pants"], "Track Pants": ["Trousers", "Shorts"],
     "Shorts": ["Track Pants"], "Handbags": ["Clutches", "Backpacks"], "Clutches": ["Handbags"],
     "Backpacks": ["Handbags"], "Wallets": ["Clutches"], "Perfume and Body Mist": ["Deodorant"],
@@ -528,7 +531,7 @@ class SearchResult:
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=2**16)  # bounded: every word a shopper ever typed would otherwise stay
 def _stem(word: str) -> str:
     return _porter().stem(word)
 
@@ -640,15 +643,14 @@ class TextSearch:
         if self.name_vectors is None:
             raise ValueError("only a search with name embeddings is saved (build it with TextSearch.build)")
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "name_embeddings.npz", vectors=self.name_vectors.astype(np.float16))
-        self.bm25.save(str(folder / "bm25"))
+        with atomic_writer(folder / "name_embeddings.npz") as f:
+            np.savez(f, vectors=self.name_vectors.astype(np.float16))
+        with atomic_folder(folder / "bm25") as tmp:
+            self.bm25.save(str(tmp))
         meta = {"format": SEARCH_FORMAT, "format_version": SEARCH_FORMAT_VERSION, "package_version": __version__,
                 "encoder": self.encoder.name, "encoder_sha256": encoder_sha256(self.encoder.name),
                 "count": len(self), "ids_sha256": ids_sha256(self.ids), "dim": int(self.name_vectors.shape[1])}
-        path = folder / "search.json"
-        path.write_text(json.dumps(meta, indent=1))
-        return path
+        return write_atomic(folder / "search.json", json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, folder: str | Path, products: pd.DataFrame) -> "TextSearch":
@@ -686,10 +688,12 @@ class TextSearch:
         return len(self.products)
 
     def _value_mask(self, field_: str, value: str) -> np.ndarray:
-        key = (field_, value)
-        if key not in self._masks:
-            self._masks[key] = self._values[field_] == value
-        return self._masks[key]
+        mask = self._masks.get((field_, value))
+        if mask is None:
+            mask = self._values[field_] == value
+            if mask.any():  # only the catalogue's own values are kept (bounded); any other string is all-False
+                self._masks[(field_, value)] = mask
+        return mask
 
     def mask(self, query: Query | dict) -> np.ndarray:
         """Which products pass the query's constraints (``{field: value or [values]}`` works too)."""

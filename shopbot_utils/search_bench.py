@@ -72,7 +72,7 @@ _LEGACY_GENDER_RE = {g: _legacy_pattern(w) for g, w in _LEGACY_GENDERS.items()}
 
 
 def legacy_understand(text: str) -> dict:
-    """The parser ``ask`` used before text search (kept as the benchmark's "today" baseline)."""
+    """The parser ``ask`` used before text search (kept as the benchmark's baseline, the "old parser")."""
     text = text.lower().replace("'s", "").replace("’s", "")
     found = {}
     spans = {t: [m.span() for m in p.finditer(text)] for t, p in _LEGACY_TYPE_RE.items()}
@@ -212,12 +212,12 @@ def evaluate_ranker(rank: Callable[[str], np.ndarray], products: pd.DataFrame, g
 
 
 def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.ndarray]]:
-    """Today's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker."""
+    """The old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker."""
     def top(scores: np.ndarray) -> np.ndarray:
         best = np.argsort(-scores, kind="stable")[:k]
         return best[scores[best] > -np.inf]
 
-    out = {"today (filter, first rows)": lambda t: legacy_first_rows(search.products, t, k),
+    out = {"old parser (filter, first rows)": lambda t: legacy_first_rows(search.products, t, k),
            "BM25 alone": lambda t: (lambda s: top(np.where(s > 0, s, -np.inf)))(search.bm25_scores(t))}
     if search.name_vectors is not None:
         out["MiniLM alone"] = lambda t: top(search.dense_scores(t))
@@ -359,26 +359,15 @@ def refinement_report(bot, cases: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- the class prior
-class _WithClassPrior:
-    """An index whose answers ``ShopBot.with_class_prior`` re-orders (for ``retrieval_metrics``)."""
-
-    def __init__(self, bot, gallery, weight: float, pool: int):
-        self.bot, self.gallery, self.weight, self.pool = bot, gallery, weight, pool
-
-    def query_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, scores = self.gallery.query_batch(queries, max(self.pool, k))
-        return self.bot.with_class_prior(queries, ids, scores, k, self.weight) if self.weight else (ids[:, :k], scores[:, :k])
-
-
 def class_prior_report(bot, split: pd.DataFrame, weights: Sequence[float] = (0.0, 0.01, 0.02, 0.05)) -> pd.DataFrame:
     """The strict poster score (test queries against train+valid, the query never in the index) when
     ``similar`` adds ``weight * log p(query's type = product's type)`` to the cosine."""
     from .bot import PRIOR_POOL
-    from .evaluate import retrieval_metrics, split_gallery
+    from .evaluate import ClassPriorIndex, retrieval_metrics, split_gallery
 
     gallery = split_gallery(bot, split)
     test_ids = split.loc[split["split"] == "test", "id"].to_numpy()
     queries = bot.stored_embeddings(test_ids)
     facts = split.set_index("id")
-    return pd.DataFrame([{"class_prior": w, **retrieval_metrics(_WithClassPrior(bot, gallery, w, PRIOR_POOL),
+    return pd.DataFrame([{"class_prior": w, **retrieval_metrics(ClassPriorIndex(bot, gallery, w, PRIOR_POOL),
                                                                  queries, test_ids, facts)} for w in weights])

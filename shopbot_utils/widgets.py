@@ -13,7 +13,7 @@ from typing import Callable
 
 import ipywidgets as w
 
-from .chat import EXAMPLE_PHOTO, MAX_UPLOAD_BYTES, Conversation, Turn, thumbnail_jpeg
+from .chat import EXAMPLE_PHOTO, MAX_UPLOAD_BYTES, Conversation, FeedbackError, Turn, thumbnail_jpeg
 from .data import ImageError, load_image
 
 CSS = """
@@ -286,9 +286,12 @@ class ChatApp:
 
         def vote(verdict):
             def click(_):
-                self.conversation.feedback(turn.id, verdict)
-                box.children = [w.HTML(f'<span class="shopbot-name">Thanks: you marked this answer '
-                                       f'{"helpful" if verdict == "up" else "not helpful"}.</span>')]
+                try:
+                    self.conversation.feedback(turn.id, verdict)
+                    said = f'Thanks: you marked this answer {"helpful" if verdict == "up" else "not helpful"}.'
+                except FeedbackError as exc:  # e.g. a read-only artifacts folder: say so, never silently
+                    said = str(exc)
+                box.children = [w.HTML(f'<span class="shopbot-name">{html.escape(said)}</span>')]
             return click
         up.on_click(vote("up"))
         down.on_click(vote("down"))

@@ -172,3 +172,62 @@ def test_similar_with_background_removal(bot, composites):
     assert len(found) == 3
     with pytest.raises(ValueError, match="unknown background-removal backend"):
         bot.similar(photo, remove_background="magic")
+
+
+# --------------------------------------------------------------------------- memory of a large photo
+#: What one photo may add to a process's peak memory, decoding through background removal (the issue's target).
+PHOTO_MEMORY_MB = 300
+_PHOTO_PATH = """
+import json, sys
+from PIL import Image
+from shopbot_utils.background import get_backend, prepare_query
+from shopbot_utils.chat import thumbnail_jpeg
+from shopbot_utils.data import load_image
+from shopbot_utils.vision import to_tensor
+
+def photo_turn(data, backend):  # what a chat turn with a photo does to it
+    image = load_image(data)
+    thumbnail_jpeg(image)
+    to_tensor([prepare_query(image, backend)])
+
+def rss(field):  # kB in /proc/self/status
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+backend = get_backend(sys.argv[2]) if sys.argv[2] != "isnet" else get_backend("isnet", size=512)
+for _ in range(2):  # imports, model sessions and their arenas: what any photo costs, not this one's size
+    photo_turn(Image.effect_noise((1024, 768), 40).convert("RGB"), backend)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from what is resident now
+before = rss("VmRSS")
+photo_turn(open(sys.argv[1], "rb").read(), backend)
+print(json.dumps({"added_mb": (rss("VmHWM") - before) / 1024}))
+"""
+
+
+@pytest.fixture(scope="module")
+def large_photos(tmp_path_factory):
+    """The issue's uploads: a plain 6300x6300 PNG (about 100 KB) and a 40-megapixel JPEG."""
+    folder = tmp_path_factory.mktemp("large")
+    Image.new("RGB", (6300, 6300), (30, 90, 160)).save(folder / "plain.png")
+    yy, xx = np.mgrid[:5160, :7740].astype(np.uint16)
+    rgb = np.stack([(xx // 31) % 256, (yy // 21) % 256, ((xx + yy) // 50) % 256], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(folder / "40mp.jpg", quality=85)
+    return folder
+
+
+@pytest.mark.parametrize("photo", ["plain.png", "40mp.jpg"])
+@pytest.mark.parametrize("backend", ["grabcut", pytest.param("isnet", marks=needs_isnet)])
+def test_a_large_photo_costs_little_memory(large_photos, photo, backend):
+    import json
+    import subprocess
+    import sys
+
+    path = large_photos / photo
+    assert path.stat().st_size < 20 * 2**20  # the chat takes it (under MAX_UPLOAD_BYTES)
+    run = subprocess.run([sys.executable, "-c", _PHOTO_PATH, str(path), backend], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    added = json.loads(run.stdout.strip().splitlines()[-1])["added_mb"]
+    print(f"{photo} via {backend}: {added:.0f} MB added peak")
+    assert added < PHOTO_MEMORY_MB

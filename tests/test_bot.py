@@ -167,3 +167,39 @@ def test_cli_search(small_artifacts, capsys):
     assert main(["--artifacts", str(small_artifacts[0]), "search", "black casual shoes for men"]) == 0
     out = capsys.readouterr().out
     assert "understood: baseColour: Black; articleType: Casual Shoes; gender: Men" in out and "Casual Shoes" in out
+
+
+def test_what_the_bot_ships_is_measured_beside_exact_search_and_a_frozen_baseline(bot, small_artifacts, catalogue):
+    """Notebook 07's headline: the strict protocol through the bot's own index kind with the class
+    prior similar() adds; and the frozen ImageNet backbone measured under the same protocol."""
+    from shopbot_utils.bot import CLASS_PRIOR
+    from shopbot_utils.pipeline import frozen_baseline, shipped_retrieval
+
+    split = load_split(small_artifacts[0])
+    rows = shipped_retrieval(bot, split)
+    kinds = list(dict.fromkeys(["exact", bot.index.kind]))  # the small bot has no saved index: exact search
+    assert [(r["index"], r["class_prior"]) for r in rows] == [(kind, w) for kind in kinds for w in (0.0, CLASS_PRIOR)]
+    assert rows[0]["poster_score"] == pytest.approx(split_retrieval_metrics(bot, split)["poster_score"])
+    assert all(r["queries"] == len(_test_split(small_artifacts)) for r in rows)
+    base = frozen_baseline(catalogue, split)
+    assert base["features"] == 1280 and base["queries"] == rows[0]["queries"]
+    print({k: round(v, 3) for k, v in base.items() if isinstance(v, float)}, [round(r["poster_score"], 3) for r in rows])
+    assert 0.2 <= base["accuracy"] <= 0.9 and 0.4 <= base["poster_score"] <= 0.95
+
+
+_PRODUCTS = "id,articleType,subCategory,baseColour,productDisplayName,gender,usage\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,articleType,subCategory,baseColour\n1,Heels,Shoes,Black\n", r"missing the column\(s\) productDisplayName"),
+    (_PRODUCTS + "1,Heels,Shoes,Black,A,Women,Party\n2,Heels,Shoes,Red,B,Women,Party\n1,Bra,Innerwear,Red,C,Women,\n",
+     r"2 rows share an id \(e\.g\. 1\)"),
+    (_PRODUCTS + "x7,Heels,Shoes,Black,A,Women,Party\n", r"ids that are not whole numbers \(e\.g\. 'x7'\)"),
+    ("", "is empty"),
+])
+def test_a_bad_products_csv_gets_one_clear_message(tmp_path, text, message):
+    from shopbot_utils.bot import load_products
+
+    (tmp_path / "products.csv").write_text(text)
+    with pytest.raises(ArtifactError, match=f"products.csv.*{message}.*make run"):
+        load_products(tmp_path)

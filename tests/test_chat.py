@@ -1,14 +1,17 @@
 """The chat's conversation logic (shopbot_utils.chat) on the small test artifacts, without widgets."""
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections import Counter
 
 import pytest
 from PIL import Image
 
 from conftest import image_bytes, random_image
-from shopbot_utils.chat import EXAMPLE_PHOTO, MAX_RESULTS, PAGE, START_OVER, STARTERS, Conversation, Thumbnails
+from shopbot_utils.chat import (EXAMPLE_PHOTO, MAX_RESULTS, PAGE, START_OVER, STARTERS, Conversation, FeedbackError,
+                                Thumbnails)
 from shopbot_utils.search import TYPE_NAMES, TYPE_NEIGHBOURS
 
 
@@ -198,6 +201,58 @@ def test_thumbnails_are_made_once_and_cached_on_disk(catalogue, chat_bot, tmp_pa
     assert thumbs(pid) is first and calls == [pid]
     assert Thumbnails(None, tmp_path / "thumbs")(pid) == first  # the next session reads the file
     assert Thumbnails(path, None)(123_456_789) is None  # a missing image: no picture, no exception
+
+
+def test_a_bad_cached_thumbnail_is_rebuilt_and_replaced_whole(catalogue, chat_bot, tmp_path):
+    pid = int(chat_bot.products.index[0])
+    good = Thumbnails(catalogue.image_path, None)(pid)
+    folder = tmp_path / "thumbs"
+    folder.mkdir()
+    cached, reader = folder / f"{pid}.jpg", tmp_path / "what-a-reader-has-open.jpg"
+    for bad in (b"", good[:len(good) // 2], b"GIF89a, not a JPEG"):  # a kernel killed mid-write, a stray file
+        cached.write_bytes(bad)
+        reader.unlink(missing_ok=True)
+        os.link(cached, reader)  # the same file, as another visitor's kernel holds it open
+        assert Thumbnails(catalogue.image_path, folder)(pid) == good  # rebuilt, not served
+        assert cached.read_bytes() == good
+        assert reader.read_bytes() == bad  # replaced by a rename: never rewritten under a reader
+    cached.write_bytes(good[:100])
+    assert Thumbnails(None, folder)(pid) is None  # nothing to rebuild it from: no picture, not a broken one
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_feedback_keeps_no_personal_data(chat, catalogue, chat_bot):
+    secrets = ["jane.doe+shop@example.co.uk", "123456789", "+44 20 7946 0958", "4111 1111 1111 1111",
+               "4111-1111-1111-1111", "(555) 123-4567"]
+    turn = chat.send(f"order {secrets[1]} never came, mail {secrets[0]} or call {secrets[2]}; card {secrets[3]}, "
+                     f"{secrets[4]}, home {secrets[5]}")
+    record = chat.feedback(turn.id, "down")
+    _, photo = _photo(catalogue, chat_bot, "Watches")
+    found = chat.send(photo=photo, filename="IMG_Jane_Doe_passport.jpg", remove_background=False)
+    chat.feedback(found.id, "up")
+    log = chat.feedback_log.read_text()
+    for secret in secrets + ["Jane_Doe", "7946", "4567"]:
+        assert secret not in log
+    assert record["asked"]["text"].startswith("order [number] never came, mail [email] or call [number]")
+    assert json.loads(log.splitlines()[1])["asked"]["photo"] is True
+    assert chat.send("black shoes size 9, under 2000").text  # short numbers are kept: they are the question
+    assert "size 9, under 2000" in chat.feedback(chat.turns[-1].id, "up")["asked"]["text"]
+
+
+def test_feedback_with_a_lone_surrogate_is_saved(chat):
+    turn = chat.send("black heels \ud83d")
+    chat.feedback(turn.id, "up")
+    line = chat.feedback_log.read_bytes().decode("utf-8").splitlines()[-1]
+    assert json.loads(line)["asked"]["text"] == "black heels \ufffd"
+
+
+def test_feedback_that_cannot_be_saved_says_so(chat_bot, catalogue, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    chat = Conversation(chat_bot, catalogue=catalogue, feedback_log=blocker / "feedback.jsonl")
+    turn = chat.send("How much is shipping?")
+    with pytest.raises(FeedbackError, match="could not be saved"):
+        chat.feedback(turn.id, "up")
 
 
 @pytest.fixture(scope="module")

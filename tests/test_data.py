@@ -1,6 +1,8 @@
 """Parsing, finding the catalogue, the split and image loading."""
 from __future__ import annotations
 
+import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -214,3 +216,141 @@ def test_config_env_overrides(monkeypatch, tmp_path):
 def test_load_image_refuses_over_our_own_limit():
     with pytest.raises(ImageError, match="9000x9000"):
         load_image(image_bytes(Image.new("1", (9000, 9000)), "PNG"))
+
+
+# --------------------------------------------------------------------------- hostile and unusual images
+def _exif_jpeg(retag: int | None = None) -> bytes:
+    """A 40x30 JPEG whose EXIF says "rotate 90°" (orientation 6) and has a Make tag; ``retag`` moves
+    the ASCII Make value onto another tag number (0x0140 is a SHORT tag: Pillow cannot write it back)."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Canon", 6
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "JPEG", exif=exif.tobytes())
+    jpeg = bytearray(buf.getvalue())
+    start = jpeg.find(b"Exif\0\0") + 6
+    order = "<" if jpeg[start:start + 2] == b"II" else ">"
+    ifd = start + struct.unpack(order + "I", jpeg[start + 4:start + 8])[0]
+    for k in range(struct.unpack(order + "H", jpeg[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if retag is not None and struct.unpack(order + "H", jpeg[entry:entry + 2])[0] == 0x010F:
+            jpeg[entry:entry + 2] = struct.pack(order + "H", retag)
+    return bytes(jpeg)
+
+
+def test_malformed_exif_is_ignored_not_raised():
+    assert load_image(_exif_jpeg()).size == (30, 40)  # orientation 6 is applied
+    out = load_image(_exif_jpeg(retag=0x0140))  # an ASCII value on a SHORT tag
+    assert out.mode == "RGB" and out.size == (30, 40)
+    assert load_image(out).size == (30, 40)  # not rotated twice when loaded again
+
+
+def _seed_images() -> dict[str, bytes]:
+    """One small image per format, with EXIF where the format carries it."""
+    rng = np.random.default_rng(config.SEED)
+    rgb = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112], exif[0x011A], exif[0x0128] = "Canon", "EOS 5D", 6, 72.0, 2
+    out = {}
+    for fmt, img, kwargs in [("JPEG", rgb, {"exif": exif.tobytes()}), ("PNG", rgb.convert("RGBA"), {"exif": exif.tobytes()}),
+                             ("GIF", rgb.convert("P"), {"transparency": 0}), ("WEBP", rgb, {"exif": exif.tobytes()}),
+                             ("TIFF", rgb, {"exif": exif.tobytes()})]:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kwargs)
+        out[fmt] = buf.getvalue()
+    return out
+
+
+def _mutations(data: bytes, rng: np.random.Generator, n: int):
+    """``n`` seeded mutants of ``data``: flipped bytes (in its EXIF block, or the first 200 bytes where
+    the headers are, or anywhere), 16-bit fields set to extremes, truncations and duplicated chunks."""
+    exif = max(data.find(b"MM\x00\x2a"), data.find(b"II\x2a\x00"))
+    hot = (exif, exif + 120) if exif >= 0 else (0, 200)
+    for _ in range(n):
+        d = bytearray(data)
+        kind = rng.integers(5)
+        if kind in (0, 1):
+            lo, hi = hot if kind == 0 else (0, len(d))
+            for _ in range(rng.integers(1, 4)):
+                d[rng.integers(lo, min(hi, len(d)))] = rng.integers(256)
+        elif kind == 2:
+            at = rng.integers(len(d) - 2)
+            d[at:at + 2] = (b"\xff\xff", b"\x00\x00", b"\x7f\xff")[rng.integers(3)]
+        elif kind == 3:
+            d = d[:rng.integers(1, len(d))]
+        else:
+            at, size = rng.integers(len(d)), rng.integers(1, 64)
+            d[at:at] = d[at:at + size]
+        yield bytes(d)
+
+
+def test_fuzzed_images_load_or_get_a_clear_error():
+    """3,500 seeded mutants of JPEG/PNG/GIF/WebP/TIFF files: each is an RGB image or an ``ImageError``."""
+    import warnings
+
+    rng = np.random.default_rng(config.SEED)
+    failures, loaded = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about the damage it tolerates
+        for fmt, data in _seed_images().items():
+            for i, mutant in enumerate(_mutations(data, rng, 700)):
+                try:
+                    out = load_image(mutant)
+                    assert out.mode == "RGB" and min(out.size) >= 1 and max(out.size) <= data_module_max_side()
+                    loaded += 1
+                except ImageError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - what the test looks for
+                    failures.append(f"{fmt} #{i}: {type(exc).__name__}: {exc}")
+    assert not failures, f"{len(failures)} mutants raised: {failures[:5]}"
+    assert loaded > 500  # most mutants are still pictures: the test is not only exercising the errors
+
+
+def data_module_max_side() -> int:
+    return getattr(data, "MAX_SIDE", 10**9)
+
+
+def test_large_images_are_decoded_reduced():
+    big_png = image_bytes(Image.new("RGB", (6300, 6300), (20, 120, 200)), "PNG")
+    assert len(big_png) < 200_000  # the 100 KB upload of the issue
+    out = load_image(big_png)
+    assert out.size == (1024, 1024) and out.getpixel((500, 500)) == (20, 120, 200)
+    wide = load_image(image_bytes(Image.new("RGB", (4000, 1000), (250, 250, 0))))
+    assert wide.size == (1024, 256)
+    assert load_image(Image.new("RGBA", (3000, 2000), (0, 0, 0, 0))).size == (1024, 683)
+    assert load_image(image_bytes(random_image((60, 80)))).size == (60, 80)  # catalogue images untouched
+
+
+def _gradient(dtype, top) -> np.ndarray:
+    return np.linspace(0, top, 256, dtype=np.float64)[None, :].repeat(16, 0).astype(dtype)
+
+
+@pytest.mark.parametrize("array, fmt", [
+    (_gradient(np.uint16, 65535), "PNG"),  # 16-bit grey: mode I;16
+    (_gradient(np.uint16, 65535), "TIFF"),
+    (_gradient(np.int32, 65535), None),  # mode I, as older Pillow opens 16-bit PNGs
+    (_gradient(np.float32, 1.0), "TIFF"),  # mode F in 0..1
+    (_gradient(np.float32, 255.0), None),  # mode F in 0..255
+])
+def test_high_bit_depth_images_are_scaled_not_clipped(array, fmt):
+    img = Image.fromarray(array)
+    out = np.asarray(load_image(image_bytes(img, fmt) if fmt else img))[..., 0].astype(int)
+    assert out[0, 0] == 0 and out[0, -1] == 255
+    assert abs(out[0, 128] - 128) <= 2 and (out == 255).mean() < 0.02  # a gradient, not 99.6% white
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full((8, 8), np.nan, np.float32), "not a number"),
+    (_gradient(np.float32, 1000.0), "0..1 or 0..255"),
+    (_gradient(np.int32, 10**6), "0..65535"),
+])
+def test_high_bit_depth_images_out_of_range_are_refused(array, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(Image.fromarray(array))
+
+
+def test_duplicate_ids_are_dropped_and_reported(tmp_path):
+    report = StylesReport()
+    df = read_styles(_write(tmp_path, SEVEN + "1525,Apparel,Topwear,Tshirts,Red,Casual,A second 1525\n"), report)
+    assert df["id"].tolist() == [1163, 1525] and df.loc[1525, "articleType"] == "Backpacks"  # the first row kept
+    assert report.duplicate_ids == [1525]
+    assert "1 rows with a duplicate id dropped" in report.summary()

@@ -114,6 +114,27 @@ def test_scale_run_reports_every_kind():
     assert set(scale["kind"]) == {"exact", "lsh", "faiss"} and (scale["recall@5"] > 0.5).all()
 
 
+def test_measure_leaves_the_query_itself_out_of_recall():
+    """The test products are in the index, so each finds itself first: a free hit that measure must not count."""
+    import pandas as pd
+
+    from shopbot_utils.index_bench import measure
+
+    rng = np.random.default_rng(0)
+    vectors, ids = rng.standard_normal((400, 32)).astype(np.float32), np.arange(1000, 1400)
+    split = pd.DataFrame({"id": ids, "split": np.where(np.arange(400) < 80, "test", "train")})
+    products = pd.DataFrame({"articleType": rng.choice(["a", "b"], 400), "subCategory": "s"}, index=ids)
+    params = {"bits": 3, "tables": 4, "probes": 0, "max_candidates": 12}  # a poor index: few true neighbours
+    row = measure(vectors, ids, split, products, settings=[("lsh", params)], latency_queries=5,
+                  progress=False).iloc[0]
+    queries, own = vectors[:80], ids[:80]
+    truth = [t[t != q][:5] for t, q in zip(ExactIndex(vectors, ids).query_batch(queries, 6)[0], own)]
+    found = LSHIndex(vectors, ids, **params).query_batch(queries, 11)[0]  # measure asks for 10 + 1
+    assert (found[:, 0] == own).all()  # each query is its own first answer: counted, it adds 1/5 to recall@5
+    assert row["recall@5"] == pytest.approx(recall_at([f[f != q][:5] for f, q in zip(found, own)], truth, 5))
+    assert row["recall@5"] < recall_at(found[:, :5], [np.r_[q, t[:4]] for q, t in zip(own, truth)], 5) - 0.1
+
+
 def test_bot_uses_the_saved_index_and_can_pick_another(small_artifacts, catalogue, tmp_path):
     from shopbot_utils import ShopBot
     from shopbot_utils.pipeline import index_catalogue

@@ -11,8 +11,8 @@ from shopbot_utils import index as index_module
 from shopbot_utils.artifacts import ArtifactError
 from shopbot_utils.index import INDEXES, ExactIndex, build_index
 from shopbot_utils.duplicates import DuplicateGroups
-from shopbot_utils.search import (COLOUR_SHADES, COLOUR_WORDS, OCCASION_TYPES, OCCASION_WORDS, TYPE_NEIGHBOURS, TYPE_WORDS,
-                                  Query, TextSearch, name_gender, parse_query, ranking_text, with_gender)
+from shopbot_utils.search import (COLOUR_SHADES, COLOUR_WORDS, OCCASION_TYPES, OCCASION_WORDS, TYPE_NEIGHBOURS,
+                                  TYPE_WORDS, Query, TextSearch, name_gender, parse_query, ranking_text, with_gender)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -241,6 +241,25 @@ def test_dense_scores_inside_a_filter_are_the_full_scores_there(tiny_search):
     full = tiny_search.dense_scores("black stiletto heels")
     part = tiny_search.dense_scores("black stiletto heels", keep)
     assert np.allclose(part[keep], full[keep], atol=1e-6) and np.isneginf(part[~keep]).all()
+
+
+@pytest.mark.parametrize("colour", list(COLOUR_WORDS))
+def test_a_colour_named_as_the_catalogue_names_it_is_that_colour_alone(colour):
+    """"turquoise blue" read as "turquoise" then "blue" let plain Blue products through."""
+    assert parse_query(f"{colour.lower()} kurtas").include == {"baseColour": [colour], "articleType": ["Kurtas"]}
+
+
+def test_caches_are_bounded(tiny_search):
+    from shopbot_utils import search
+
+    assert search._stem.cache_info().maxsize is not None
+    for i in range(search._stem.cache_info().maxsize + 100):
+        search.tokens(f"word{i}x")
+    assert search._stem.cache_info().currsize <= search._stem.cache_info().maxsize
+    for i in range(500):
+        assert not tiny_search.mask({"baseColour": f"colour {i}"}).any()
+    tiny_search.mask({"baseColour": "Black"})
+    assert len(tiny_search._masks) <= sum(len(set(v)) for v in tiny_search._values.values())
 
 
 # --------------------------------------------------------------------------- duplicates, full pages, honest replies

@@ -13,6 +13,7 @@ from shopbot_utils import vision
 from shopbot_utils.vision import ArtifactError, ModelInfo, create_model, load_model, save_model
 
 from conftest import random_image
+from shopbot_utils.embed import load_embeddings, save_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,22 @@ def test_resnet34_loads_a_local_checkpoint(tmp_path, monkeypatch):
         assert model.embed(torch.rand(1, 3, 160, 120)).shape == (1, 512)
 
 
+def test_resnet34_download_is_loaded_as_tensors_only(monkeypatch):
+    """torch.hub's ``load_state_dict_from_url`` unpickles anything unless told ``weights_only``."""
+    import torchvision
+
+    calls = []
+
+    def download(url, *args, **kwargs):
+        calls.append(kwargs)
+        return torchvision.models.resnet34(weights=None).state_dict()
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", download)
+    monkeypatch.delenv("SHOPBOT_RESNET34_WEIGHTS", raising=False)
+    monkeypatch.setenv("SHOPBOT_OFFLINE", "0")
+    create_model("resnet34", n_classes=3)
+    assert calls and calls[0].get("weights_only") is True and calls[0].get("check_hash") is True
+
+
 def test_resnet34_offline_without_checkpoint_says_what_to_set(monkeypatch):
     monkeypatch.delenv("SHOPBOT_RESNET34_WEIGHTS", raising=False)
     with pytest.raises(ArtifactError, match="SHOPBOT_RESNET34_WEIGHTS"):
@@ -99,6 +116,32 @@ def test_save_load_round_trip_and_mismatch_errors(lite0, tmp_path):
         load_model(tmp_path)
     with pytest.raises(ArtifactError, match="no trained model"):
         load_model(tmp_path / "nothing")
+
+
+def test_weights_swapped_behind_the_embeddings_are_refused(lite0, tmp_path):
+    """``load_model`` hashes the weights it loads, not what model.json says they were."""
+    info = ModelInfo(backbone="efficientnet_lite0", classes=list("abcde"))
+    digest = save_model(lite0, info, tmp_path)
+    save_embeddings(tmp_path, np.arange(3), np.ones((3, 512), np.float32), digest)
+    other = create_model("efficientnet_lite0", n_classes=5, pretrained=False)
+    torch.save(other.state_dict(), tmp_path / "model.pth")  # model.json and the embeddings untouched
+    _, _, loaded = load_model(tmp_path)
+    assert loaded == vision.file_sha256(tmp_path / "model.pth") != digest
+    with pytest.raises(ArtifactError, match=r"embeddings\.npz was computed with another model .* than .*model\.pth"):
+        load_embeddings(tmp_path, model_sha256=loaded)
+
+
+def test_efficientnet_weights_are_loaded_without_unpickling_code(monkeypatch):
+    """The package's own loader calls ``torch.load`` without ``weights_only`` (unsafe before torch 2.6)."""
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", spy)
+    create_model("efficientnet_lite0", n_classes=5)
+    assert calls and all(weights_only is True for weights_only in calls)
 
 
 def test_cached_training_learns_separable_features():

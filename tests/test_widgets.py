@@ -164,6 +164,16 @@ def test_errors_keep_the_app_usable(app):
     assert app.conversation.turns[-1].kind == "answer"
 
 
+def test_thumbs_say_so_when_feedback_cannot_be_saved(chat_bot, catalogue, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # the log's folder cannot be made: as a read-only artifacts folder
+    app = ChatApp(Conversation(chat_bot, catalogue=catalogue, feedback_log=blocker / "feedback.jsonl"))
+    press_enter(app, "How much is shipping?")
+    answer = rows(app, "bot")[-1]
+    buttons(answer, "Helpful")[0].click()
+    assert "could not be saved" in html_of(answer) and not buttons(answer, "Helpful")
+
+
 def test_cards_show_near_matches_and_open_their_collapsed_listings(app, chat_bot):
     from dataclasses import replace
 
