@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     bot.text_search.search("warm up", 5)  # loads MiniLM once, outside the timings
     pd.set_option("display.width", 220)
     with one_blas_thread():
-        text = text_search_report(bot.text_search, bot.classes)
+        text = text_search_report(bot.text_search, bot.classes, items=True)
     cols = ["wording", "half", "ranker", "queries", "p_at_5", "p_at_5_ci", "item_p_at_5", "ndcg_at_10",
             "zero_result_rate", "violation_rate", "p50_ms", "p95_ms"]
     show = text[cols].copy()

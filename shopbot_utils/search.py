@@ -769,13 +769,15 @@ class TextSearch:
         return scores
 
     def search(self, text: object, k: int = 5, within: np.ndarray | None = None,
-               query: Query | None = None, collapse: bool = True, fill: bool = True) -> SearchResult:
+               query: Query | None = None, collapse: bool = False, fill: bool = False) -> SearchResult:
         """The ``k`` best products for ``text``: understood constraints filter, BM25 and name
         embeddings rank (reciprocal-rank fusion). ``within``: a mask the results must also pass.
         ``query``: the constraints to use instead of ``parse_query(text)`` (a conversation's context).
         ``collapse``: one card per item (``duplicates``; the others are counted in ``.duplicates``).
         ``fill``: when fewer than ``k`` match, fill the page with near matches (``relaxations``,
-        closest first; ``.near`` says what each lacks), so a type with ``k`` products fills it."""
+        closest first; ``.near`` says what each lacks), so a type with ``k`` products fills it.
+        Both are off here (the ranking itself, as notebook 06b rebuilds it); ``ShopBot.search``, the
+        assistant's pages, turns them on."""
         from .text import clean_text
 
         if not isinstance(k, (int, np.integer)) or k < 1:

@@ -211,8 +211,10 @@ def evaluate_ranker(rank: Callable[[str], np.ndarray], products: pd.DataFrame, g
             **({"item_p_at_5": float(np.mean(item_p5))} if items is not None else {})}
 
 
-def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.ndarray]]:
-    """The old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker."""
+def rankers(search: TextSearch, k: int = 10, apart: bool = False) -> dict[str, Callable[[str], np.ndarray]]:
+    """The old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker (the
+    pages ``ShopBot.search`` shows: one card per item, short pages filled). ``apart``: also the
+    shipped ranker with listings kept apart and no filling (the ranking alone)."""
     def top(scores: np.ndarray) -> np.ndarray:
         best = np.argsort(-scores, kind="stable")[:k]
         return best[scores[best] > -np.inf]
@@ -221,16 +223,17 @@ def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.nda
            "BM25 alone": lambda t: (lambda s: top(np.where(s > 0, s, -np.inf)))(search.bm25_scores(t))}
     if search.name_vectors is not None:
         out["MiniLM alone"] = lambda t: top(search.dense_scores(t))
-    out["ShopBot, listings apart (no collapse, no fill)"] = lambda t: search.search(t, k, collapse=False,
-                                                                                     fill=False).positions
-    out["ShopBot (filters + BM25/MiniLM fusion)"] = lambda t: search.search(t, k).positions
+    if apart:
+        out["ShopBot, listings apart (no collapse, no fill)"] = lambda t: search.search(t, k).positions
+    out["ShopBot (filters + BM25/MiniLM fusion)"] = lambda t: search.search(t, k, collapse=True, fill=True).positions
     return out
 
 
 def text_search_report(search: TextSearch, classes: Sequence[str], halves: Sequence[str] = ("dev", "test"),
-                       min_size: int = MIN_GROUP, max_queries: int | None = None) -> pd.DataFrame:
+                       min_size: int = MIN_GROUP, max_queries: int | None = None, items: bool = False) -> pd.DataFrame:
     """Every ranker on every wording and half of the groups: one row each (none when no group has
-    ``min_size`` products). ``max_queries``: the first groups of each half only (quick runs)."""
+    ``min_size`` products). ``max_queries``: the first groups of each half only (quick runs).
+    ``items``: also the ranking with listings kept apart, and P@5 over distinct items (``item_p_at_5``)."""
     groups = query_groups(search.products, classes, min_size)
     rows = []
     for wording in ("catalogue", "synonyms", "kept_apart"):
@@ -239,9 +242,10 @@ def text_search_report(search: TextSearch, classes: Sequence[str], halves: Seque
             if part.empty:
                 continue
             queries = word_queries(part, wording)
-            for name, rank in rankers(search).items():
+            for name, rank in rankers(search, apart=items).items():
                 rows.append({"wording": wording, "half": half, "ranker": name,
-                             **evaluate_ranker(rank, search.products, part, queries, search.duplicates.labels)})
+                             **evaluate_ranker(rank, search.products, part, queries,
+                                               search.duplicates.labels if items else None)})
     return pd.DataFrame(rows)
 
 
@@ -293,7 +297,7 @@ def session_replies(search: TextSearch, k: int = PAGE) -> pd.DataFrame:
     """What the shopper's session (``SESSION_QUERIES``) gets: cards, near matches, collapsed listings, reply."""
     rows = []
     for text in SESSION_QUERIES:
-        result = search.search(text, k)
+        result = search.search(text, k, collapse=True, fill=True)
         rows.append({"query": text, "cards": len(result.positions), "near": sum(bool(n) for n in result.near),
                      "collapsed": sum(len(d) for d in result.duplicates), "reply": result.reply})
     return pd.DataFrame(rows)

@@ -101,6 +101,11 @@ def tiny_search() -> TextSearch:
     return TextSearch.build(tiny_catalogue())
 
 
+def _page(search: TextSearch, text: str, k: int = 5, **flags):
+    """A page as ``ShopBot.search`` shows it: one card per item, a short page filled."""
+    return search.search(text, k, **{"collapse": True, "fill": True, **flags})
+
+
 def _ids(search: TextSearch, result) -> list[int]:
     return search.products["id"].to_numpy()[result.positions].tolist()
 
@@ -111,7 +116,7 @@ def test_filters_are_hard_and_ranking_puts_the_best_words_first(tiny_search):
     assert result.relaxed == [] and result.message == "" and result.matched == 2
     assert result.scores[0] > result.scores[1] > 0  # fused scores, not 1.0
     assert _ids(tiny_search, tiny_search.search("jeans, not black", fill=False)) == [8]
-    filled = tiny_search.search("jeans, not black")  # a page filled with a close type, never with black jeans
+    filled = _page(tiny_search, "jeans, not black")  # a page filled with a close type, never with black jeans
     assert _ids(tiny_search, filled) == [8, 7] and filled.near == ["", "similar type"]
     assert _ids(tiny_search, tiny_search.search("slacks", fill=False)) == [7]  # a synonym finds the catalogue's word
 
@@ -120,14 +125,14 @@ def test_relaxation_drops_one_constraint_and_says_so(tiny_search):
     result = tiny_search.search("maroon heels", k=5, fill=False)  # no maroon heels: a close shade (red) first
     assert result.relaxed == ["shades"] and _ids(tiny_search, result) == [3]
     assert result.message == "No maroon heels in the catalogue; here are red heels (close colours)."
-    result = tiny_search.search("maroon heels", k=5)  # then heels in any colour, marked as near matches
+    result = _page(tiny_search, "maroon heels", k=5)  # then heels in any colour, marked as near matches
     assert _ids(tiny_search, result)[0] == 3 and set(_ids(tiny_search, result)) == {1, 2, 3}
     assert result.near == ["", "any colour", "any colour"]
     result = tiny_search.search("red heels for men", fill=False)  # men's heels: none; red women's heels: yes
     assert result.relaxed == ["gender"] and _ids(tiny_search, result) == [3]
     result = tiny_search.search("party jeans", fill=False)  # the occasion is dropped first
     assert result.relaxed == ["usage"] and set(_ids(tiny_search, result)) == {8, 9}
-    result = tiny_search.search("wine coloured saree")  # no constraint to drop: the type is never dropped to fill
+    result = _page(tiny_search, "wine coloured saree")  # no constraint to drop: the type is never dropped to fill
     assert _ids(tiny_search, result) == [11] and result.near == [""]
 
 
@@ -311,19 +316,21 @@ def _names(search: TextSearch, result) -> list[str]:
 
 
 def test_near_duplicates_collapse_into_one_card(shop):
-    result = shop.search("show me black formal shoes for men", k=3)
+    result = _page(shop, "show me black formal shoes for men", k=3)
     ids = _ids(shop, result)
     assert len(ids) == 3 and {105, 106} < set(ids)
     assert len({n.lower().replace("-", " ") for n in _names(shop, result)}) == 3  # no name twice on the page
     card = [i for i in ids if 101 <= i <= 104][0]
     assert sorted(shop.ids[result.duplicates[ids.index(card)]].tolist()) == sorted({101, 102, 103, 104} - {card})
     assert [len(d) for i, d in zip(ids, result.duplicates) if i != card] == [0, 0]
-    apart = shop.search("show me black formal shoes for men", k=3, collapse=False)
+    apart = _page(shop, "show me black formal shoes for men", k=3, collapse=False)
     assert len(set(_names(shop, apart))) < 3  # what the shopper saw before: the same shoe again and again
+    ranking = shop.search("show me black formal shoes for men", k=3)  # TextSearch alone: the ranking, apart
+    assert _ids(shop, ranking) == _ids(shop, apart) and not any(len(d) for d in ranking.duplicates)
 
 
 def test_an_items_other_listings_come_before_near_matches(shop):
-    result = shop.search("black formal shoes for men", k=5)  # 3 items, 6 listings: all 5 cards are black shoes
+    result = _page(shop, "black formal shoes for men", k=5)  # 3 items, 6 listings: all 5 cards are black shoes
     ids = _ids(shop, result)
     assert len({n.lower().replace("-", " ") for n in _names(shop, result)[:3]}) == 3  # one card per item first
     assert set(ids[3:]) < {101, 102, 103, 104} and result.near == [""] * 5
@@ -336,7 +343,7 @@ def test_collapse_counts_only_listings_that_pass_the_filters(shop):
     shop.duplicates = DuplicateGroups(np.where(shop.ids == 108, shop.duplicates.labels[shop.ids.tolist().index(101)],
                                                shop.duplicates.labels))  # 108 (brown) shows the same item
     try:
-        result = shop.search("black formal shoes for men", k=3)
+        result = _page(shop, "black formal shoes for men", k=3)
         assert all(108 not in shop.ids[d] for d in result.duplicates)  # brown is not what was asked for
     finally:
         shop._duplicates = None
@@ -353,13 +360,13 @@ def test_collapse_counts_only_listings_that_pass_the_filters(shop):
      ["", "close colour, any occasion", "close colour, any occasion", "any occasion, any colour"]),
 ])
 def test_short_pages_are_filled_with_near_matches_closest_first(shop, text, k, expected, near):
-    result = shop.search(text, k=k)
+    result = _page(shop, text, k=k)
     ids = _ids(shop, result)
     assert len(set(ids)) == k and all(i in allowed for i, allowed in zip(ids, expected)) and result.near == near
     assert result.matched == 1 and result.relaxed == []
     assert "Only 1 matches everything you asked; the other 3 are near matches" in result.message
     assert result.reply.startswith("Here are ")
-    assert set(_ids(shop, shop.search(text, k=k, fill=False))) == expected[0]
+    assert set(_ids(shop, _page(shop, text, k=k, fill=False))) == expected[0]
 
 
 @pytest.mark.parametrize("kind", ["Formal Shoes", "Shirts", "Clutches", "Heels"])
@@ -367,14 +374,14 @@ def test_never_fewer_than_k_cards_when_k_items_of_the_type_exist(shop, kind):
     items = shop.products[shop.products["articleType"] == kind]["productDisplayName"].str.lower().str.replace("-", " ")
     k = items.nunique()
     for colour in ("maroon", "green", "black", "white"):
-        result = shop.search(f"{colour} {kind.lower()} for women for the office", k=k)
+        result = _page(shop, f"{colour} {kind.lower()} for women for the office", k=k)
         assert len(result.positions) == k, (colour, kind, _ids(shop, result))
         # the type is never dropped, only widened to its close types
         assert set(shop.products["articleType"].to_numpy()[result.positions]) <= {kind, *TYPE_NEIGHBOURS.get(kind, [])}
 
 
 def test_a_close_type_in_the_asked_colour_comes_before_another_gender(shop):
-    result = shop.search("women's black sandals", k=3)
+    result = _page(shop, "women's black sandals", k=3)
     assert result.relaxed == ["baseColour"] and _ids(shop, result) == [131, 133, 132]
     assert result.near == ["", "similar type", "anyone's"]
     assert result.reply == ("No black sandals for women in the catalogue; here are sandals for women (any colour). "
@@ -382,24 +389,24 @@ def test_a_close_type_in_the_asked_colour_comes_before_another_gender(shop):
 
 
 def test_a_colour_the_type_lacks_gives_its_closest_shade_and_says_so(shop):
-    result = shop.search("burgundy heels", k=1)
+    result = _page(shop, "burgundy heels", k=1)
     assert _ids(shop, result) == [121] and result.relaxed == ["shades"]
     assert result.reply == "No burgundy heels in the catalogue; here are maroon heels (close colours)."
 
 
 def test_words_nothing_filters_by_are_named_in_the_reply(shop):
-    result = shop.search("gifts for my dad under 50 dollars", k=2)
+    result = _page(shop, "gifts for my dad under 50 dollars", k=2)
     assert result.query.include == {"gender": ["Men"], "articleType": OCCASION_TYPES["a gift"]}
     assert result.ignored == {"price": ["under 50 dollars"]}
     assert set(_ids(shop, result)) == {124, 125}  # a watch and a wallet for men
     assert "I can't filter by price: this catalogue has no prices." in result.reply
     assert result.reply.startswith("Here are watches, wallets")
-    brand = shop.search("provogue formal shoes in size 9", k=2)
+    brand = _page(shop, "provogue formal shoes in size 9", k=2)
     assert brand.ignored == {"size": ["size 9"], "brand": ["provogue"]}
     assert "I can't filter by size (the catalogue lists no sizes) or brand (names with provogue come first)." \
         in brand.reply
-    assert shop.search("black formal shoes for men", k=2).ignored == {}
-    swim = shop.search("swimwear for women", k=2)
+    assert _page(shop, "black formal shoes for men", k=2).ignored == {}
+    swim = _page(shop, "swimwear for women", k=2)
     assert "Nothing in this catalogue is for swimming." in swim.message
 
 
@@ -411,14 +418,14 @@ def test_words_nothing_filters_by_are_named_in_the_reply(shop):
      "Here are shorts, t-shirts, flip-flops or sunglasses for summer, the beach and a holiday."),
 ])
 def test_replies_name_the_understood_type_colour_and_gender(shop, text, reply):
-    assert shop.search(text, k=1, fill=False).reply == reply
+    assert _page(shop, text, k=1, fill=False).reply == reply
 
 
 def test_an_occasions_types_take_turns_on_the_page(shop):
-    result = shop.search("summer outfit for a beach holiday", k=3)  # the shorts' names say "beach" and "holiday"
+    result = _page(shop, "summer outfit for a beach holiday", k=3)  # the shorts' names say "beach" and "holiday"
     assert sorted(shop.products["articleType"].to_numpy()[result.positions]) == ["Flip Flops", "Shorts", "Sunglasses"]
     assert _ids(shop, result)[0] == 135  # the best of the first type comes first
-    named = shop.search("beach shorts", k=3)  # a named type is not spread
+    named = _page(shop, "beach shorts", k=3)  # a named type is not spread
     assert set(shop.products["articleType"].to_numpy()[named.positions]) == {"Shorts"}
 
 
