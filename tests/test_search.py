@@ -493,3 +493,17 @@ def test_the_parser_reports_what_it_cannot_filter_by(text, kind, phrase):
                                   "sky blue shirt", "formal shoes for men", "jeans, not black"])
 def test_plain_requests_report_nothing_ignored(text):
     assert parse_query(text).ignored == {}
+
+
+def test_page_metrics_measure_repeats_short_pages_and_ignored_words(shop):
+    from shopbot_utils.search_bench import page_metrics
+
+    queries = ["black formal shoes for men", "off-white shirt", "cheap red dress"]
+    before = page_metrics(shop, queries, k=3, collapse=False, fill=False)
+    after = page_metrics(shop, queries, k=3)
+    # before: the shoes repeat a name; the shirts (4 items) and the dress (1 item: a full page) show 1 card.
+    # After: 3 shoe items fill 3 cards (a 4th card would repeat one: a listing comes before a near match)
+    assert before["duplicate_share"] == pytest.approx(1 / 3) and before["short_page_rate"] == pytest.approx(1 / 3)
+    assert after["duplicate_share"] == 0 and after["short_page_rate"] == 0
+    assert after["mean_cards"] > before["mean_cards"]
+    assert before["ignored_words_rate"] == after["ignored_words_rate"] == pytest.approx(1 / 3)  # "cheap"
