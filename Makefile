@@ -24,10 +24,19 @@ export PYTHONUNBUFFERED := 1
 # Long steps print text progress bars, which papermill --log-output shows live.
 export SHOPBOT_PROGRESS ?= text
 
-.PHONY: run test env data notebooks report golden clean demo lab
+.PHONY: run test env data notebooks report golden colab clean demo lab book
 DEMO_PORT ?= 8866
+LAB_PORT ?= 8888
+# The project's kernel: the notebooks' kernelspec names it (shopbot_utils.report.KERNELSPEC), `make env`
+# registers it inside the venv (--sys-prefix), so JupyterLab offers it and papermill runs it.
+KERNEL := shopbot
+KERNEL_DISPLAY := ShopBot (.venv)
+KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
+# Jupyter refuses to start as root (Docker images, cloud VMs, CI) unless told it may.
+USER_UID := $(shell id -u)
+ALLOW_ROOT := $(if $(filter 0,$(USER_UID)),--allow-root)
 
-env: $(VENV)/.installed
+env: $(VENV)/.installed $(KERNEL_SPEC)
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +45,9 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+$(KERNEL_SPEC): $(VENV)/.installed
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)"
+
 data: env
 	$(PY) -m shopbot_utils data
 
@@ -43,7 +55,7 @@ notebooks: env
 	mkdir -p $(ARTIFACTS)/notebooks
 	@for nb in $(NOTEBOOKS); do \
 	  echo "=== $$nb"; \
-	  $(PY) -m papermill --progress-bar --log-output $$nb $(ARTIFACTS)/notebooks/$$(basename $$nb) --cwd notebooks || exit 1; \
+	  $(PY) -m papermill --progress-bar --log-output -k $(KERNEL) $$nb $(ARTIFACTS)/notebooks/$$(basename $$nb) --cwd notebooks || exit 1; \
 	done
 
 run: data notebooks report
@@ -62,15 +74,29 @@ golden: env
 test: env
 	$(PY) -m pytest
 
+# The repository URL of pyproject.toml ([project.urls] Repository) into every notebook's Colab badge and
+# clone line (a fork changes that one line, then runs this), with each notebook's prerequisites cell.
+colab: env
+	$(PY) -m shopbot_utils colab $(NOTEBOOKS) $(wildcard tests/golden/[0-9]*.ipynb)
+
 # The chat (notebook 08) as a web page for people who do not use Jupyter; needs `make run` first.
 demo: env
 	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
 	@echo "ShopBot chat: open http://127.0.0.1:$(DEMO_PORT)/ in a browser (Ctrl-C stops it)"
 	$(VENV)/bin/voila notebooks/08_chat_demo.ipynb --no-browser --port=$(DEMO_PORT) --Voila.ip=127.0.0.1
 
-# JupyterLab on the course's notebooks.
+# JupyterLab on the course's notebooks, on this machine only; LAB_FLAGS=--no-browser for a server
+# you open yourself. Jupyter prints the URL with its token (the next free port if LAB_PORT is taken).
 lab: env
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+	@echo "JupyterLab on notebooks/ with the kernel \"$(KERNEL_DISPLAY)\": open the http://127.0.0.1:...?token=... URL printed below; Ctrl-C then y (or Ctrl-C twice) stops it"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(ALLOW_ROOT) $(LAB_FLAGS)
+
+# The course as a static website (Sphinx + sphinx-book-theme) from the committed, executed notebooks
+# (never re-run): book/_build/html/index.html, readable offline; `make lab` is where they run.
+book: env
+	$(PY) -m shopbot_utils book
+	@echo "The course's website: open book/_build/html/index.html, or serve it with"
+	@echo "  $(PY) -m http.server --bind 127.0.0.1 --directory book/_build/html 8000"
 
 clean:
-	rm -rf $(ARTIFACTS) data/cache
+	rm -rf $(ARTIFACTS) data/cache book/_build

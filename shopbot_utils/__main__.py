@@ -1,4 +1,4 @@
-"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build,report,golden}``."""
+"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build,report,golden,book,colab,download}``."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from . import config
 from .data import CatalogueNotFoundError, ImageError
+from .downloads import DownloadError
 from .text import NLTKDataError
 from .vision import BACKBONES, ArtifactError
 
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("executed", help="folder of executed notebooks (make run writes <artifacts>/notebooks)")
     g = sub.add_parser("golden", help="execute notebooks at small parameters into tests/golden (make golden)")
     g.add_argument("notebooks", nargs="+", help="the notebooks, in order")
+    k = sub.add_parser("book", help="build the course's website from the executed notebooks (make book)")
+    k.add_argument("--out", default=None, help="build folder (default: book/_build; the site is in its html/)")
+    o = sub.add_parser("colab", help="write the repository URL of pyproject.toml into the notebooks' badges and "
+                                     "Colab cells, with their prerequisites cells (make colab)")
+    o.add_argument("notebooks", nargs="+")
+    w = sub.add_parser("download", help="fetch registry files (Bitext, CLINC150, ISNet, NLTK's data), checked by hash")
+    w.add_argument("names", nargs="*", help="registry names (default: all)")
     return p
 
 
@@ -64,6 +72,24 @@ def main(argv: list[str] | None = None) -> int:
             metrics = build(args.artifacts, args.data, args.per_class, args.backbone, args.mode,
                             args.epochs, args.scope)
             print(json.dumps(metrics, indent=1))
+            return 0
+        if args.command == "book":
+            from .book import BUILD_DIR, build_book
+
+            print(f"wrote {build_book(args.out or BUILD_DIR) / 'index.html'}")
+            return 0
+        if args.command == "colab":
+            from .report import sync_notebooks
+
+            changed = sync_notebooks(args.notebooks)
+            print(f"repository {config.repository_url()}: " + (", ".join(map(str, changed)) + " updated" if changed
+                                                             else "every notebook already agrees"))
+            return 0
+        if args.command == "download":
+            from . import downloads
+
+            for name in args.names or list(downloads.REGISTRY):
+                print(f"{name}: {downloads.fetch(name)}")
             return 0
         if args.command in ("report", "golden"):
             from . import report
@@ -117,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.gender:<7} "
                   f"{p.productDisplayName}" + (f"  ({'; '.join(notes)})" if notes else ""))
         return 0
-    except (ImageError, ArtifactError, CatalogueNotFoundError, NLTKDataError, ValueError) as exc:
+    except (ImageError, ArtifactError, CatalogueNotFoundError, NLTKDataError, DownloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

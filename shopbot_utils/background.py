@@ -31,7 +31,6 @@ from .config import logger
 from .data import ImageInput, load_image
 from .vision import ArtifactError
 
-ISNET_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/isnet-general-use.onnx"
 ISNET_NATIVE = 1024
 #: Default ISNet working size, measured on 300 pasted-background queries (two seeds of notebook 05's
 #: set, main-object filter on): mean IoU 0.78 at 512 px (0.24 s), 0.84 at 704 (0.46 s), 0.87 at 768
@@ -55,31 +54,30 @@ class Backend(Protocol):
 
 
 # --------------------------------------------------------------------------- ONNX backends
-def isnet_model_path(download: bool | None = None) -> Path:
-    """``SHOPBOT_BG_MODEL``, else rembg's cache (``U2NET_HOME`` or ~/.u2net), else a download there
-    when online (rembg's own URL), else a ``BackgroundModelError`` saying what to set."""
+def isnet_model_path(download: bool = False) -> Path:
+    """``SHOPBOT_BG_MODEL``, else the download registry's copy, else rembg's cache (``U2NET_HOME`` or
+    ~/.u2net), else a ``BackgroundModelError`` saying what to set. Only with ``download`` (a build
+    step: ``pipeline.prerequisites``) is it fetched, through the registry (checked by rembg's MD5,
+    written atomically); a serving kernel never downloads."""
+    from .downloads import DownloadError, fetch, local
+
     path = config.bg_model()
     if path is not None:
         if not path.is_file():
             raise BackgroundModelError(f"SHOPBOT_BG_MODEL={path} is not a file")
         return path
-    cache = config.u2net_home() / "isnet-general-use.onnx"
-    if cache.is_file():
-        return cache
-    download = not config.offline() if download is None else download
+    rembg = config.u2net_home() / "isnet-general-use.onnx"
+    found = local("isnet") or (rembg if rembg.is_file() else None)
+    if found is not None:
+        return found
     if not download:
         raise BackgroundModelError("no ISNet model: set SHOPBOT_BG_MODEL to isnet-general-use(.quint8).onnx "
-                                   f"(or put it at {cache}); background removal falls back to grabcut")
-    import urllib.request
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s to %s", ISNET_URL, cache)
+                                   f"(or put it at {rembg}, or fetch it with shopbot_utils.downloads.fetch('isnet')); "
+                                   "background removal falls back to grabcut")
     try:
-        urllib.request.urlretrieve(ISNET_URL, cache.with_suffix(".part"))
-    except OSError as exc:
-        raise BackgroundModelError(f"could not download the ISNet model ({exc}): set SHOPBOT_BG_MODEL") from None
-    cache.with_suffix(".part").rename(cache)
-    return cache
+        return fetch("isnet", download=True)
+    except DownloadError as exc:
+        raise BackgroundModelError(f"{exc} (or set SHOPBOT_BG_MODEL)") from None
 
 
 def rewrite_isnet(model_bytes: bytes, size: int) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,18 @@ def cache_dir() -> Path:
     return _env_path("SHOPBOT_CACHE") or ROOT / "data" / "cache"
 
 
+def downloads_dir() -> Path:
+    """Where the download registry keeps its checked files (``SHOPBOT_DOWNLOADS``, default ``<cache>/downloads``)."""
+    return _env_path("SHOPBOT_DOWNLOADS") or cache_dir() / "downloads"
+
+
+#: Names under ``downloads_dir()`` of what ``shopbot_utils.downloads`` fetches (or makes from a fetched file).
+BITEXT_DOWNLOAD = "bitext/Bitext_Sample_Customer_Support_Training_Dataset_27K_responses-v11.csv"
+CLINC_DOWNLOAD = "clinc150/data_train_val.json"
+ISNET_DOWNLOAD = "isnet/isnet-general-use.onnx"
+NLTK_DOWNLOAD = "nltk_data"
+
+
 def artifacts_dir() -> Path:
     """Where the pipeline writes models, embeddings and metrics (``SHOPBOT_ARTIFACTS``)."""
     return _env_path("SHOPBOT_ARTIFACTS") or ROOT / "artifacts"
@@ -49,13 +62,16 @@ def resnet34_weights() -> Path | None:
 SHARED = ROOT.parent / "shared"
 
 
-def _env_or_shared(name: str, shared_path: str) -> Path | None:
-    """The path in environment variable ``name``, else ``../shared/<shared_path>`` when it exists."""
+def _env_or_shared(name: str, shared_path: str, downloaded: str | None = None) -> Path | None:
+    """The path in environment variable ``name``, else ``../shared/<shared_path>``, else
+    ``downloads_dir()/<downloaded>``: the first that exists."""
     path = _env_path(name)
     if path is not None:
         return path
-    path = SHARED / shared_path
-    return path if path.exists() else None
+    for path in (SHARED / shared_path, downloads_dir() / downloaded if downloaded else None):
+        if path is not None and path.exists():
+            return path
+    return None
 
 
 def chromium_path() -> Path:
@@ -69,18 +85,43 @@ def intents_file() -> Path:
 
 
 def bitext_path() -> Path | None:
-    """Bitext customer-support utterances (``SHOPBOT_BITEXT``, else ../shared), or None."""
-    return _env_or_shared("SHOPBOT_BITEXT", "nlp/bitext/bitext_customer_support_train.csv")
+    """Bitext customer-support utterances (``SHOPBOT_BITEXT``, else ../shared, else the registry's download), or None."""
+    return _env_or_shared("SHOPBOT_BITEXT", "nlp/bitext/bitext_customer_support_train.csv", BITEXT_DOWNLOAD)
 
 
 def clinc_path() -> Path | None:
-    """CLINC150 ``data_train_val.json`` (``SHOPBOT_CLINC``, else ../shared), or None."""
-    return _env_or_shared("SHOPBOT_CLINC", "nlp/clinc150/data_train_val.json")
+    """CLINC150 ``data_train_val.json`` (``SHOPBOT_CLINC``, else ../shared, else the registry's download), or None."""
+    return _env_or_shared("SHOPBOT_CLINC", "nlp/clinc150/data_train_val.json", CLINC_DOWNLOAD)
 
 
 def bg_model() -> Path | None:
     """``SHOPBOT_BG_MODEL``: the ISNet ONNX file, if set."""
     return _env_path("SHOPBOT_BG_MODEL")
+
+
+def nltk_dir() -> Path:
+    """Where the download registry puts NLTK's packages (searched after ``NLTK_DATA`` and NLTK's own places)."""
+    return downloads_dir() / NLTK_DOWNLOAD
+
+
+def repository_url() -> str:
+    """The project's repository (``[project.urls] Repository`` in pyproject.toml): the one place the
+    Colab badges, clone lines and README take it from. A fork changes that line and runs ``make colab``."""
+    pyproject = ROOT / "pyproject.toml"
+    if pyproject.is_file():
+        match = re.search(r'^\s*Repository\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+        if match:
+            return match.group(1)
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        for entry in metadata("shopbot-utils").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip() == "Repository":
+                return url.strip()
+    except PackageNotFoundError:
+        pass
+    raise RuntimeError(f"no Repository URL in {pyproject} [project.urls]")
 
 
 def u2net_home() -> Path:
@@ -96,6 +137,11 @@ def modnet_model() -> Path | None:
 def offline() -> bool:
     """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}
+
+
+def serving() -> bool:
+    """True in a kernel that serves shoppers (Voila's ``make demo``): it never builds or downloads anything."""
+    return bool(os.environ.get("VOILA_KERNEL_ID"))
 
 
 def text_progress() -> bool:

@@ -23,6 +23,7 @@ from .evaluate import (ClassPriorIndex, ExactIndex, classification_metrics, conf
                        literal_retrieval_metrics, retrieval_metrics, split_gallery, split_retrieval_metrics)
 from .vision import (BACKBONES, DEFAULT_IMAGE_SIZE, ModelInfo, ShopNet, batches, create_model, load_model,
                      predict_proba, run_prefix, save_model, to_tensor, train_cached, train_full)
+from .artifacts import ArtifactError
 
 #: The course's targets: accuracy and macro-F1 set for the CPU run, the poster's own score, a query
 #: (embed + search) well under the poster's 0.04 s.
@@ -240,3 +241,194 @@ def build(artifacts: str | Path | None = None, source: str | Path | None = None,
     index_catalogue(artifacts)
     build_text_search(artifacts)
     return evaluate_artifacts(artifacts, catalogue)
+
+
+# ----------------------------------------------------------------------------- a notebook opened alone
+#: What each notebook reads that an earlier notebook (or a download) makes, in build order.
+NEEDS = {
+    "fine_tuning": ("split",),                                              # 02
+    "embeddings": ("split", "model"),                                       # 03
+    "index": ("split", "model", "embeddings"),                              # 04
+    "background": ("split", "model", "embeddings", "index", "isnet"),       # 05
+    "intents": ("nltk", "bitext", "clinc"),                                 # 06
+    "text_search": ("split", "model", "embeddings"),                        # 06b
+    "evaluation": ("split", "model", "embeddings", "index"),                # 07
+    "chat": ("split", "model", "embeddings", "index", "isnet", "nltk", "bitext", "clinc", "intents", "search"),  # 08
+}
+#: What each step writes (or fetches), and the notebook that normally makes it.
+STEPS = {
+    "split": ("split.csv", "notebook 01"), "model": ("model.pth", "notebook 02"),
+    "embeddings": ("embeddings.npz and products.csv", "notebook 03"), "index": ("index.json", "notebook 04"),
+    "intents": ("intents/", "notebook 06"), "search": ("search/", "notebook 06b"),
+    "isnet": ("the ISNet model", "the download registry"), "nltk": ("NLTK's data", "the download registry"),
+    "bitext": ("Bitext's utterances", "the download registry"), "clinc": ("CLINC150's train/val lists", "the download registry"),
+}
+#: The step whose output each step is made from: rebuilding that one makes this one stale.
+MADE_FROM = {"model": "split", "embeddings": "model", "index": "embeddings", "search": "embeddings"}
+#: A notebook opened alone on a CPU rebuilds a small run: this many products per class (``per_class='auto'``)
+#: and embeddings of the split only; on a GPU, the whole catalogue.
+CPU_PER_CLASS = 100
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _why_missing(step: str, artifacts: Path) -> str | None:
+    """Why ``step``'s output must be (re)built in ``artifacts``, or None when it is there and current."""
+    if step == "split":
+        return None if (artifacts / "split.csv").is_file() else "missing"
+    if step == "model":
+        if not ((artifacts / "model.json").is_file() and (artifacts / "model.pth").is_file()):
+            return "missing"
+        classes = _json(artifacts / "classes.json")
+        return None if not classes or _json(artifacts / "model.json").get("classes") == classes else \
+            "it was trained on other classes than split.csv's"
+    if step == "embeddings":
+        if not all((artifacts / f).is_file() for f in ("embeddings.npz", "embeddings.json", "products.csv")):
+            return "missing"
+        made_by = _json(artifacts / "embeddings.json").get("model_sha256")
+        return None if made_by == _json(artifacts / "model.json").get("weights_sha256") else \
+            "it was computed with another model than model.pth"
+    if step == "index":
+        if not (artifacts / "index.json").is_file():
+            return "missing"
+        return None if _json(artifacts / "index.json").get("count") == _json(artifacts / "embeddings.json").get("count") \
+            else "it indexes other embeddings"
+    if step == "intents":
+        return None if (artifacts / "intents" / "intent_model.json").is_file() else "missing"
+    if step == "search":
+        return None if (artifacts / "search" / "search.json").is_file() else "missing"
+    if step == "isnet":
+        from .background import BackgroundModelError, isnet_model_path
+
+        try:
+            isnet_model_path()
+            return None
+        except BackgroundModelError:
+            return "not here"
+    if step == "nltk":
+        from .text import NLTKDataError, ensure_nltk_data
+
+        try:
+            ensure_nltk_data(download=False)
+            return None
+        except NLTKDataError:
+            return "not here"
+    if step in ("bitext", "clinc"):
+        path = config.bitext_path() if step == "bitext" else config.clinc_path()
+        return None if path is not None and path.is_file() else "not here"
+    raise ValueError(f"unknown step {step!r}")
+
+
+def prerequisites(stage: str, artifacts: str | Path | None = None, data_source: str | Path | None = None,
+                  per_class: int | str | None = "auto", report=print) -> list[str]:
+    """Build what notebook ``stage`` reads when it is missing or stale (a notebook opened alone, e.g. on
+    a fresh Colab runtime), one ``report`` line per step saying what is rebuilt and why; returns those lines.
+
+    Each missing step runs through the same package function as its notebook, at that notebook's
+    defaults (training: ``mode='auto'``, 5 epochs), except that with ``per_class='auto'`` a CPU builds a
+    small run (``CPU_PER_CLASS`` products per class, embeddings of the split only) and a GPU the whole
+    catalogue. A step rebuilt makes the steps after it stale. Downloads (ISNet, NLTK's data, Bitext,
+    CLINC150) go through ``shopbot_utils.downloads``; offline, a missing optional one is reported and
+    skipped. In ``make run`` order everything is there already, and nothing is built twice. A serving
+    kernel (``config.serving()``: Voila's ``make demo``) builds and downloads nothing: a missing input is an
+    ``ArtifactError``.
+    """
+    if stage not in NEEDS:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(NEEDS)}")
+    artifacts = Path(artifacts) if artifacts is not None else config.artifacts_dir()
+    gpu = torch.cuda.is_available()
+    if per_class == "auto":
+        per_class = None if gpu else CPU_PER_CLASS
+    elif per_class is not None and (not isinstance(per_class, int) or per_class < 1):
+        raise ValueError(f"per_class must be 'auto', None or a positive int, got {per_class!r}")
+    scope = "catalogue" if gpu else "split"
+    lines: list[str] = []
+    catalogue: list[Catalogue] = []
+    rebuilt: set[str] = set()
+
+    def say(text: str) -> None:
+        lines.append(text)
+        report(text)
+
+    def the_catalogue() -> Catalogue:
+        if not catalogue:
+            catalogue.append(load_catalogue(data_source))
+        return catalogue[0]
+
+    if config.serving():  # a kernel serving shoppers never builds or downloads: say what is missing instead
+        missing = [f"{STEPS[s][0]} ({why}; {STEPS[s][1]} makes it)" for s in NEEDS[stage]
+                   if s not in ("isnet", "bitext", "clinc") and (why := _why_missing(s, artifacts)) is not None]
+        if missing:
+            raise ArtifactError(f"{artifacts}: {'; '.join(missing)}. Build them with `make run` before serving")
+        return []
+    for step in NEEDS[stage]:
+        what, maker = STEPS[step]
+        why = _why_missing(step, artifacts)
+        if maker == "the download registry":  # a download makes nothing after it stale
+            if why is not None:
+                _fetch(step, stage, what, say)
+            continue
+        source = MADE_FROM.get(step)
+        if why is None and source not in rebuilt:
+            continue
+        why = why or f"{STEPS[source][0]} was rebuilt"
+        if step == "split":
+            size = "every product" if per_class is None else f"at most {per_class} products per class"
+            say(f"{stage}: building {what} ({why}; {maker} makes it) from {size}"
+                + ("" if gpu or per_class is None else ": a small run on a CPU (per_class=None builds it all)"))
+            prepare_data(artifacts, data_source, per_class=per_class)
+        elif step == "model":
+            say(f"{stage}: training {what} ({why}; {maker} trains it) in {resolve_mode('auto')} mode, 5 epochs")
+            train_model(artifacts, the_catalogue(), load_split(artifacts))
+        elif step == "embeddings":
+            say(f"{stage}: embedding the {scope} into {what} ({why}; {maker} makes them)")
+            embed_catalogue(artifacts, the_catalogue(), scope=scope)
+        elif step == "index":
+            say(f"{stage}: building {what}, the {DEFAULT_INDEX} index ({why}; {maker} builds it)")
+            index_catalogue(artifacts)
+        elif step == "search":
+            say(f"{stage}: building the text search in {what} ({why}; {maker} builds it)")
+            build_text_search(artifacts)
+        elif step == "intents":
+            from .intents import build_intents
+
+            bitext, clinc = config.bitext_path(), config.clinc_path()
+            say(f"{stage}: training the intent model in {what} ({why}; {maker} trains it, here without its "
+                "baselines) on data/intents.json" + (" + Bitext" if bitext else "") + (" + CLINC150" if clinc else ""))
+            build_intents(artifacts, bitext=bitext, clinc=clinc, baseline=False)
+        rebuilt.add(step)
+    if not lines:
+        report(f"{stage}: everything it reads is here ({', '.join(STEPS[s][0] for s in NEEDS[stage])}); nothing rebuilt")
+    return lines
+
+
+def _fetch(step: str, stage: str, what: str, say) -> None:
+    """Download ``step``'s file through the registry; offline, say what the notebook does without it."""
+    from . import downloads
+
+    if config.offline():
+        say(f"{stage}: {what} is not here and SHOPBOT_OFFLINE=1 forbids downloads: "
+            + {"isnet": "background removal falls back to grabcut",
+               "bitext": "the intent model trains without Bitext",
+               "clinc": "the intent model trains without CLINC150's out-of-scope questions",
+               "nltk": "set NLTK_DATA to a folder that has it"}[step])
+        return
+    source = {"isnet": "isnet", "bitext": "bitext", "clinc": "clinc150", "nltk": "nltk/*"}[step]
+    say(f"{stage}: downloading {what} ({source} in shopbot_utils.downloads.REGISTRY, checked by its hash)")
+    if step == "isnet":
+        from .background import isnet_model_path
+
+        isnet_model_path(download=True)
+    elif step == "nltk":
+        from .text import ensure_nltk_data
+
+        ensure_nltk_data(download=True)
+    elif step == "bitext":
+        downloads.fetch_bitext(download=True)
+    else:
+        downloads.fetch_clinc(download=True)

@@ -31,6 +31,9 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 #: Figures wider than this (pixels) are shrunk in the committed notebooks.
 MAX_FIGURE_WIDTH = 1000
 GOLDEN_DIR = config.ROOT / "tests" / "golden"
+#: The project's kernel, as every committed notebook names it: ``make env`` registers it in the venv
+#: (``ipykernel install --sys-prefix``), so JupyterLab offers it and papermill runs the notebooks with it.
+KERNELSPEC = {"name": "shopbot", "display_name": "ShopBot (.venv)", "language": "python"}
 
 _PROGRESS = re.compile(r"\d+%\|")  # tqdm's text bars
 _FAST_PROGRESS = re.compile(r"\|[-█ ]*\| *\d+\.\d+% \[\d+/\d+")  # fastprogress's (fastai's training bars)
@@ -363,13 +366,13 @@ def _scrub_output(output: dict, replacements) -> dict | None:
 
 
 def scrub_notebook(nb, keep_outputs=lambda cell: True):
-    """The executed notebook without volatile metadata, paths and progress bars (in place; returned).
+    """The executed notebook without volatile metadata, paths and progress bars (in place; returned);
+    its kernelspec is the project's (``KERNELSPEC``), whichever kernel ran it.
 
     ``keep_outputs(cell)`` False clears a code cell's outputs (golden notebooks keep only checked ones).
     """
     replacements = _path_replacements()
-    kernelspec = nb.metadata.get("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
-    nb.metadata = nbformat.NotebookNode({"kernelspec": kernelspec,
+    nb.metadata = nbformat.NotebookNode({"kernelspec": dict(KERNELSPEC),
                                          "language_info": {"name": nb.metadata.get("language_info", {}).get("name", "python")}})
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
@@ -444,7 +447,7 @@ def write_golden(sources: Iterable[str | Path], out: str | Path = GOLDEN_DIR, pa
             for path in map(Path, sources):
                 target = out / path.name
                 pm.execute_notebook(str(path), str(work / path.name), parameters=notebook_parameters(path, parameters),
-                                    cwd=str(path.parent), progress_bar=False, kernel_name="python3")
+                                    cwd=str(path.parent), progress_bar=False, kernel_name=KERNELSPEC["name"])
                 nb = nbformat.read(work / path.name, as_version=4)
                 nbformat.write(scrub_notebook(nb, keep_outputs=is_checked), target)
                 written.append(target)
@@ -455,3 +458,103 @@ def write_golden(sources: Iterable[str | Path], out: str | Path = GOLDEN_DIR, pa
                 else:
                     os.environ[k] = v
     return written
+
+
+# ----------------------------------------------------------------------------- Colab cells and badges
+#: The line that tells the Colab cell from the others.
+COLAB_MARK = 'if "google.colab" in sys.modules:'
+_BADGE = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/notebooks/[\w.-]+\.ipynb")
+#: The stage of ``pipeline.prerequisites`` each notebook (by its number) calls, and the notebooks or downloads that
+#: make what it reads.
+NOTEBOOK_STAGES = {"02": ("fine_tuning", "notebook 01"), "03": ("embeddings", "notebooks 01-02"),
+                   "04": ("index", "notebooks 01-03"), "05": ("background", "notebooks 01-04 and the ISNet download"),
+                   "06": ("intents", "the downloads (NLTK's data, Bitext, CLINC150)"),
+                   "06b": ("text_search", "notebooks 01-03"), "07": ("evaluation", "notebooks 01-04"),
+                   "08": ("chat", "notebooks 01-06b and the downloads")}
+#: The parameter that sizes a split built by ``prerequisites`` (every notebook that reads the split has it).
+PER_CLASS_LINE = ('per_class = "auto"  # only if the split is missing and built here: products per class '
+                  '("auto": all on a GPU, 100 on a CPU; None: all)')
+
+
+def colab_badge(notebook: str, url: str) -> str:
+    """The *Open in Colab* link of ``notebook`` (a file name in ``notebooks/``) in the repository at ``url``."""
+    repo = url.removeprefix("https://github.com/").strip("/")
+    return f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{notebook}"
+
+
+def colab_cell(url: str) -> str:
+    """Every notebook's Colab cell: clone ``url``, install it without a restart, optionally use Drive."""
+    return f"""# Colab only, a no-op elsewhere: clone the course, install it (Colab's own torch is kept) and import it from
+# the clone in this kernel, so no restart is needed. DRIVE = True keeps the artifacts and downloads on your
+# Google Drive, so that a later session resumes. The catalogue downloads with kagglehub, which needs a Kaggle
+# API token: add KAGGLE_USERNAME and KAGGLE_KEY to Colab's secrets (the key icon) or put kaggle.json in
+# ~/.kaggle/. On a GPU runtime mode='auto' fine-tunes the whole network.
+DRIVE = False
+import importlib, sys
+{COLAB_MARK}
+    !test -d /content/shopbot || git clone -q --depth 1 {url} /content/shopbot
+    !{{sys.executable}} /content/shopbot/shopbot_utils/colab.py /content/shopbot
+    sys.path.insert(0, "/content/shopbot")  # this kernel imports the clone now: no restart
+    importlib.invalidate_caches()  # and sees the packages pip has just added
+    from shopbot_utils.colab import use_drive
+    use_drive(DRIVE)
+    %cd /content/shopbot/notebooks"""
+
+
+def prerequisites_cell(stage: str, makers: str) -> str:
+    """The cell after the Colab cell: build what the notebook reads when it was opened alone."""
+    args = "artifacts" if stage == "intents" else "artifacts, data_source, per_class"
+    return (f"# Opened alone (on a fresh Colab runtime, say), this notebook first builds what it reads from {makers},\n"
+            "# saying what and why; in `make run` order everything is there already and nothing is rebuilt.\n"
+            "from shopbot_utils.pipeline import prerequisites\n\n"
+            f"prerequisites({stage!r}, {args});")
+
+
+def _new_cell(source: str):
+    cell = nbformat.v4.new_code_cell(source)
+    cell.pop("id", None)
+    return cell
+
+
+def sync_notebook(nb, notebook: str, url: str) -> bool:
+    """Write ``url``'s badge and Colab cell into ``nb`` (notebook file name ``notebook``) and, for 02-08, the
+    ``per_class`` parameter and the prerequisites cell; finds cells by content, so running it twice
+    changes nothing the second time. Returns whether anything changed."""
+    before = json.dumps(nb, sort_keys=True)
+    first = nb.cells[0]
+    if not _BADGE.search(first.source):
+        raise ValueError(f"{notebook}: its first cell has no Colab badge")
+    first.source = _BADGE.sub(colab_badge(notebook, url), first.source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    parameters = next((c for c in code if "parameters" in c.metadata.get("tags", [])), None)
+    if parameters is None:
+        raise ValueError(f"{notebook}: no cell tagged 'parameters'")
+    colab = next((c for c in code if COLAB_MARK in c.source), None)
+    if colab is None:
+        colab = _new_cell("")
+        nb.cells.insert(nb.cells.index(parameters) + 1, colab)
+    colab.source = colab_cell(url)
+    number = notebook.split("_", 1)[0]
+    if number in NOTEBOOK_STAGES:
+        stage, makers = NOTEBOOK_STAGES[number]
+        if stage != "intents":
+            lines = [line for line in parameters.source.splitlines() if not re.match(r"per_class\s*=", line)]
+            parameters.source = "\n".join(lines + [PER_CLASS_LINE])
+        cell = next((c for c in nb.cells if c.cell_type == "code" and "prerequisites(" in c.source), None)
+        if cell is None:
+            cell = _new_cell("")
+            nb.cells.insert(nb.cells.index(colab) + 1, cell)
+        cell.source = prerequisites_cell(stage, makers)
+    return json.dumps(nb, sort_keys=True) != before
+
+
+def sync_notebooks(paths: Iterable[str | Path], url: str | None = None) -> list[Path]:
+    """``sync_notebook`` on each file (the repository from ``config.repository_url()``); returns the files changed."""
+    url = url or config.repository_url()
+    changed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        if sync_notebook(nb, path.name, url):
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed

@@ -51,27 +51,51 @@ class NLTKDataError(RuntimeError):
     """An NLTK resource the preprocessing needs is not installed."""
 
 
-def ensure_nltk_data(download: bool | None = None) -> None:
-    """Check that every resource in ``NLTK_RESOURCES`` is found; download missing ones when online.
+def _nltk_path() -> None:
+    """Let NLTK also look where the download registry puts its packages (after ``NLTK_DATA`` and its own places)."""
+    import nltk
 
-    ``download`` defaults to "not ``SHOPBOT_OFFLINE``". Raises ``NLTKDataError`` naming what to
-    download (or to point ``NLTK_DATA`` at) when a resource is still missing.
+    folder = str(config.nltk_dir())
+    if folder not in nltk.data.path:
+        nltk.data.path.append(folder)
+
+
+def ensure_nltk_data(download: bool | None = None) -> None:
+    """Check that every resource in ``NLTK_RESOURCES`` is found; fetch missing ones through the download
+    registry (checked against NLTK's published MD5, written atomically) when ``download``.
+
+    ``download`` defaults to "not ``SHOPBOT_OFFLINE``": build steps (notebook 06, ``train_intents``,
+    ``pipeline.prerequisites``) call it so; a ``Preprocessor`` (what a serving kernel makes) never
+    downloads. Raises ``NLTKDataError`` naming what to download (or to point ``NLTK_DATA`` at) when a
+    resource is still missing.
     """
     import nltk
 
+    from .downloads import DownloadError, fetch
+
+    _nltk_path()
     download = not config.offline() if download is None else download
-    missing = []
+    missing, errors = [], []
     for name, path in NLTK_RESOURCES.items():
         try:
             nltk.data.find(path)
+            continue
         except LookupError:
-            if download and nltk.download(name, quiet=True):
+            pass
+        if download:
+            try:
+                fetch(f"nltk/{name}", download=True)
+                nltk.data.find(path)
                 continue
-            missing.append(name)
+            except (DownloadError, LookupError) as exc:
+                errors.append(str(exc))
+        missing.append(name)
     if missing:
         raise NLTKDataError(
-            f"NLTK data missing: {', '.join(missing)}. Run `python -m nltk.downloader {' '.join(missing)}` "
-            "or set NLTK_DATA to a folder that has them (this project's tests use ../shared/nltk_data).")
+            f"NLTK data missing: {', '.join(missing)}. Run `python -m shopbot_utils download "
+            f"{' '.join('nltk/' + m for m in missing)}` (checked downloads) "
+            "or set NLTK_DATA to a folder that has them (this project's tests use ../shared/nltk_data)."
+            + (f" Download errors: {'; '.join(errors)}" if errors else ""))
 
 
 #: Training words seen at most this often are spelling-corrected too (see ``Preprocessor.correct``).
@@ -90,7 +114,7 @@ class Preprocessor:
         from nltk.corpus import stopwords, words
         from nltk.stem import PorterStemmer, WordNetLemmatizer
 
-        ensure_nltk_data()
+        ensure_nltk_data(download=False)  # serving never downloads: build steps fetched the data
         english_stop = frozenset(stopwords.words("english"))
         self.stop_words = english_stop - KEEP_WORDS
         self._english_stop = english_stop

@@ -129,6 +129,7 @@ def test_modnet_errors(tmp_path, monkeypatch):
 def test_auto_falls_back_to_grabcut_without_a_model(monkeypatch, tmp_path):
     monkeypatch.setenv("SHOPBOT_BG_MODEL", "")
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    monkeypatch.setenv("SHOPBOT_DOWNLOADS", str(tmp_path))
     get_backend.cache_clear()
     try:
         assert get_backend("auto").name == "grabcut"

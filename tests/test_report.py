@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from shopbot_utils import config
-from shopbot_utils.report import (CHECK_MARK, GOLDEN_DIR, README, RESULTS_FILE, RESULTS_MIME, SMALL_PARAMETERS,
-                                  collect_results, golden_environment, notebook_parameters, render_readme, results,
-                                  scrub_notebook, typed_figures, write_report)
+from shopbot_utils.report import (CHECK_MARK, GOLDEN_DIR, KERNELSPEC, README, RESULTS_FILE, RESULTS_MIME,
+                                  SMALL_PARAMETERS, collect_results, golden_environment, notebook_parameters,
+                                  render_readme, results, scrub_notebook, typed_figures, write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -60,6 +60,7 @@ def _executed_notebook() -> nbformat.NotebookNode:
 def test_scrubbing_keeps_results_and_drops_what_varies():
     nb = scrub_notebook(_executed_notebook())
     assert set(nb.metadata) == {"kernelspec", "language_info"} and "version" not in nb.metadata.language_info
+    assert nb.metadata.kernelspec == KERNELSPEC  # run on "python3", committed naming the project's kernel
     cell = nb.cells[0]
     assert cell.metadata == {"tags": ["parameters"]}
     text = json.dumps(nb)
@@ -214,7 +215,7 @@ def test_readme_and_results_file_agree_with_the_committed_notebooks():
 
 def test_small_parameters_only_name_what_a_notebook_has():
     params = notebook_parameters(ROOT / "notebooks" / "02_fine_tuning.ipynb")
-    assert params == {"epochs": 1}
+    assert params == {"epochs": 1, "per_class": 4}  # per_class: the split it builds when opened alone
     assert set(notebook_parameters(ROOT / "notebooks" / "04_lsh_index.ipynb")) <= set(SMALL_PARAMETERS)
 
 
@@ -250,23 +251,47 @@ def test_nbval_fails_when_a_checked_behaviour_changes(tmp_path, changed_split, c
 
 
 # ----------------------------------------------------------------------------- Colab
-COLAB_CELL = ("if \"google.colab\" in sys.modules:", "!git clone -q --depth 1 https://github.com/shopbot-course/shopbot /content/shopbot",
-              "!pip -q install -e /content/shopbot", "%cd /content/shopbot/notebooks")
+GOLDEN = sorted(GOLDEN_DIR.glob("[0-9]*.ipynb"))
 
 
-def test_every_notebook_has_the_same_working_colab_cell():
-    for path in NOTEBOOKS:
+def test_every_notebook_takes_its_badge_and_colab_cell_from_the_one_repository_url():
+    """pyproject's [project.urls] Repository is the one place: every badge, clone line and prerequisites cell
+    is what `make colab` writes from it (a notebook edited by hand fails here)."""
+    from shopbot_utils.report import COLAB_MARK, NOTEBOOK_STAGES, sync_notebook
+
+    url = config.repository_url()
+    assert re.search(rf'^\[project\.urls\]\nRepository = "{re.escape(url)}"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    for path in NOTEBOOKS + GOLDEN:
         nb = nbformat.read(path, as_version=4)
-        badge = re.search(r"colab\.research\.google\.com/github/([\w-]+/[\w-]+)/blob/main/notebooks/([\w.]+)",
-                          nb.cells[0].source)
-        assert badge and badge.group(2) == path.name, path.name  # the badge opens this notebook
-        cell = nb.cells[2].source
-        assert all(line in cell for line in COLAB_CELL), path.name
-        assert f"https://github.com/{badge.group(1)} " in cell  # the clone is the badge's repository
-        assert "kagglehub" in cell and "KAGGLE_USERNAME" in cell, path.name  # how the catalogue arrives
-    # What `pip install -e` reads on Colab: the package's own dependencies, with Colab's torch kept.
+        assert not sync_notebook(nb, path.name, url), f"{path}: run `make colab`"
+        badge = re.search(r"colab\.research\.google\.com/github/([\w-]+/[\w-]+)/blob/main/notebooks/([\w.]+)", nb.cells[0].source)
+        assert badge and badge.group(2) == path.name and url.endswith(badge.group(1)), path.name
+        cells = [c.source for c in nb.cells if c.cell_type == "code"]
+        colab = next(i for i, c in enumerate(cells) if COLAB_MARK in c)
+        assert f"git clone -q --depth 1 {url} /content/shopbot" in cells[colab] and "pip -q install -e" not in cells[colab]
+        assert 'sys.path.insert(0, "/content/shopbot")' in cells[colab] and "kagglehub" in cells[colab]
+        number = path.name.split("_")[0]
+        if number in NOTEBOOK_STAGES:  # the next cell imports the package (no restart) and builds what is missing
+            assert f"prerequisites({NOTEBOOK_STAGES[number][0]!r}, artifacts" in cells[colab + 1], path.name
+    readme = (ROOT / "README.md").read_text()
+    assert set(re.findall(r"https://github\.com/[\w-]+/[\w-]+(?=[/ )\]`\s])", readme)) <= {url}
+    # What pip reads on Colab: the package's own dependencies as ranges, so that Colab's torch is kept.
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'"torch>=', pyproject) and "kagglehub" in pyproject and "==" not in pyproject.split("dependencies")[1].split("]")[0]
+
+
+def test_a_fork_changes_one_line_and_make_colab_rewrites_every_badge_and_clone_line():
+    from shopbot_utils.pipeline import NEEDS
+    from shopbot_utils.report import NOTEBOOK_STAGES, sync_notebook
+
+    assert {stage for stage, _ in NOTEBOOK_STAGES.values()} == set(NEEDS)
+    fork = "https://github.com/a-student/shopbot-fork"
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert sync_notebook(nb, path.name, fork)
+        text = json.dumps(nb)
+        assert "shopbot-course" not in text and text.count("a-student/shopbot-fork") == 2  # the badge and the clone line
+        assert not sync_notebook(nb, path.name, fork)  # idempotent
 
 
 def test_auto_mode_fine_tunes_the_whole_network_on_a_gpu(monkeypatch):
@@ -292,8 +317,8 @@ def _imports(module: str) -> set[str]:
 def test_data_flows_one_way():
     """data -> vision -> embed -> index/search -> background -> chat; measuring code on top. Each layer
     imports only the layers below it (no cycle such as background -> pipeline -> bot -> background)."""
-    layers = [{"config", "artifacts"}, {"data", "text", "sentence", "duplicates"}, {"vision"}, {"embed"}, {"index", "evaluate"},
-              {"search"}, {"intents", "milvus"}, {"background"}, {"bot"}, {"chat", "widgets"}]
+    layers = [{"config", "artifacts", "downloads", "colab"}, {"data", "text", "sentence", "duplicates"}, {"vision"},
+              {"embed"}, {"index", "evaluate"}, {"search"}, {"intents", "milvus"}, {"background"}, {"bot"}, {"chat", "widgets"}]
     registry = {("index", "milvus")}  # index_class() finds the engine-backed kind by name, on first use
     below: set[str] = set()
     for layer in layers:

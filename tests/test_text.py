@@ -72,7 +72,7 @@ def test_missing_nltk_data_names_what_to_download(monkeypatch, tmp_path):
     import nltk
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
-    with pytest.raises(NLTKDataError, match=r"nltk\.downloader .*wordnet.*NLTK_DATA"):
+    with pytest.raises(NLTKDataError, match=r"shopbot_utils download .*nltk/wordnet.*NLTK_DATA"):
         ensure_nltk_data(download=False)
 
 
