@@ -133,8 +133,8 @@ def repeated_name_share(pages: Sequence[Sequence[str]]) -> float:
 
 
 def threshold_report(vectors: np.ndarray, names: Sequence[str], types: Sequence[str], colours: Sequence[str],
-                     image_keys: Sequence[str], thresholds: Sequence[float] = (0.98, 0.99, 0.995, 0.997, 0.999, 0.9995, 0.9999),
-                     ) -> pd.DataFrame:
+                     image_keys: Sequence[str],
+                     thresholds: Sequence[float] = (0.98, 0.99, 0.995, 0.997, 0.999, 0.9995, 0.9999)) -> pd.DataFrame:
     """How many same-type, same-colour pairs each cosine threshold links, how many of them have
     byte-identical pictures (``image_keys``: the same item) and how many are between brands (the
     first word of the names differs: other products, or one product relisted under a sister brand).

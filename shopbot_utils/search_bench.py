@@ -225,7 +225,8 @@ def rankers(search: TextSearch, k: int = 10, apart: bool = False) -> dict[str, C
         out["MiniLM alone"] = lambda t: top(search.dense_scores(t))
     if apart:
         out["ShopBot, listings apart (no collapse, no fill)"] = lambda t: search.search(t, k).positions
-    out["ShopBot (filters + BM25/MiniLM fusion)"] = lambda t: search.search(t, k, collapse=True, fill=True).positions
+    out["ShopBot (filters + BM25/MiniLM fusion)"] = lambda t: search.search(t, k, collapse=True,
+                                                                         fill=True).positions
     return out
 
 
