@@ -369,7 +369,7 @@ class ShopBot:
         ``where``: only products with these attributes (``{"baseColour": "Black"}``; see ``where_mask``),
         searched inside the index. ``class_prior``: weight of log p(query's type = product's type).
         ``collapse``: one card per item (``duplicates``): the other listings of an item are counted
-        in its ``Product.duplicates`` (``listings`` shows them).
+        in its ``Product.duplicates`` (their ids: ``duplicate_ids``; ``lookup`` turns them into products).
         """
         self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
