@@ -124,13 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             products = bot.search(args.text, k=args.k)
             if args.json:
                 print(json.dumps({"understood": products.understood, "relaxed": products.relaxed,
-                                  "message": products.message, "products": [p.as_dict() for p in products]},
-                                 indent=1))
+                                  "message": products.message, "reply": products.reply, "ignored": products.ignored,
+                                  "products": [p.as_dict() for p in products]}, indent=1))
                 return 0
             understood = "; ".join(f"{k}: {', '.join(v)}" for k, v in products.understood.items())
             print(f"understood: {understood or 'nothing specific'}")
-            if products.message:
-                print(products.message)
+            if products.reply:
+                print(products.reply)
         else:
             products = bot.similar(args.image, k=args.k)
             if args.json:
@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         print(f"{'score':>6}  {'id':>6}  {'articleType':<18} {'colour':<12} {'gender':<7} name")
         for p in products:
+            notes = ([f"+{p.duplicates} similar listings"] if p.duplicates else []) + \
+                ([f"near match: {p.near_match}"] if p.near_match else [])
             print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.gender:<7} "
-                  f"{p.productDisplayName}")
+                  f"{p.productDisplayName}" + (f"  ({'; '.join(notes)})" if notes else ""))
         return 0
     except (ImageError, ArtifactError, CatalogueNotFoundError, NLTKDataError, DownloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

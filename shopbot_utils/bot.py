@@ -1,7 +1,7 @@
 """``ShopBot``: the assistant's Python API over what ``make run`` wrote to the artifacts folder."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +16,8 @@ from .data import ImageInput
 from .embed import embed_images, load_embeddings
 from .index import ExactIndex, Index, build_index, load_index, one_blas_thread
 from .intents import IntentClassifier, Reply
-from .search import Query, TextSearch, parse_query, relaxation_message, with_gender
+from .duplicates import DuplicateGroups
+from .search import Query, TextSearch, compose_reply, near_words, parse_query, with_gender
 from .vision import ArtifactError, ModelInfo, ShopNet, load_model, predict_proba
 
 PRODUCT_COLUMNS = ["id", "articleType", "subCategory", "baseColour", "productDisplayName", "gender", "usage"]
@@ -31,7 +32,10 @@ PRIOR_POOL = 50
 @dataclass(frozen=True)
 class Product:
     """One catalogue product. ``score``: for ``similar``, cosine similarity (plus the class prior);
-    for ``search``, the fused reciprocal-rank score of BM25 and the name embeddings."""
+    for ``search``, the fused reciprocal-rank score of BM25 and the name embeddings.
+    ``duplicates``: how many other listings of the same item were collapsed into this card (their
+    ids: ``duplicate_ids``). ``near_match``: "" when it has everything asked for, else what it lacks
+    ("close colour", "any occasion"): a near match that fills a short page."""
 
     id: int
     articleType: str
@@ -41,6 +45,9 @@ class Product:
     score: float
     gender: str = ""
     usage: str = ""
+    duplicates: int = 0
+    duplicate_ids: tuple[int, ...] = ()
+    near_match: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,15 +55,18 @@ class Product:
 
 class Results(list):
     """A list of ``Product``s, best first, that also says what a search understood (``{field:
-    [values]}``), which constraints it dropped because nothing matched them all (``relaxed``), and a
-    sentence for the shopper (``message``: empty when everything asked for was found)."""
+    [values]}``), which constraints it dropped because nothing matched them all (``relaxed``), a
+    note for the shopper (``message``: empty when everything asked for was found as asked), the
+    whole reply (``reply``: "Here are red dresses." and the note) and what nothing could be
+    filtered by (``ignored``: ``{"price": ["under 50 dollars"]}``)."""
 
     def __init__(self, products=(), understood: dict | None = None, relaxed: list[str] | None = None,
-                 message: str = "", query: Query | None = None):
+                 message: str = "", query: Query | None = None, reply: str = "", ignored: dict | None = None):
         super().__init__(products)
         self.understood, self.relaxed, self.message = understood or {}, relaxed or [], message
         #: The parsed request itself (what a conversation refines next).
         self.query = query
+        self.reply, self.ignored = reply or message, ignored or {}
 
 
 def save_products(folder: str | Path, styles: pd.DataFrame, ids: np.ndarray) -> Path:
@@ -107,11 +117,15 @@ def load_products(folder: str | Path) -> pd.DataFrame:
     return with_gender(rows).set_index("id", drop=False).rename_axis(None)
 
 
-def _products(rows: pd.DataFrame, scores) -> list[Product]:
-    """``Product``s from rows of ``products.csv`` with their scores."""
+def _products(rows: pd.DataFrame, scores, duplicates: Sequence[np.ndarray] | None = None,
+              near: Sequence[str] | None = None) -> list[Product]:
+    """``Product``s from rows of ``products.csv`` with their scores, the ids of the listings collapsed
+    into each and what each near match lacks."""
+    duplicates = duplicates if duplicates is not None else [()] * len(rows)
+    near = near if near is not None else [""] * len(rows)
     return [Product(int(r.id), r.articleType, r.subCategory, r.baseColour, r.productDisplayName, float(s),
-                    r.gender, r.usage)
-            for r, s in zip(rows[PRODUCT_COLUMNS].itertuples(index=False), scores)]
+                    r.gender, r.usage, len(d), tuple(int(i) for i in d), n)
+            for r, s, d, n in zip(rows[PRODUCT_COLUMNS].itertuples(index=False), scores, duplicates, near)]
 
 
 class ShopBot:
@@ -140,6 +154,7 @@ class ShopBot:
         self.intents, self.folder = intents, folder
         self._indexes: dict[str, Index] = {index.kind: index} if index is not None else {}
         self._text_search: TextSearch | None = None
+        self._duplicates: DuplicateGroups | None = None
         # Index position -> id and the products in index order: filters are masks over positions.
         self._position = None if index is None else pd.Series(np.arange(len(index.ids)), index=index.ids)
         self.norms = norms if norms is not None or index is None else np.ones(len(index.ids), np.float32)
@@ -189,8 +204,8 @@ class ShopBot:
         if reply.intent == "product_search" and self.products is not None and search:
             found = self.search(text, k=k)
             reply.products, reply.understood = list(found), found.understood
-            if found.message:
-                reply.text = found.message
+            if found.reply:
+                reply.text = found.reply  # what was understood ("Here are red dresses.") and what was not
         return reply
 
     # ---------------------------------------------------------------- text search
@@ -207,20 +222,44 @@ class ShopBot:
                 logger.warning("no saved text search in %s: ranking with BM25 alone (pipeline.build_text_search builds it)",
                                self.folder)
                 self._text_search = TextSearch(products)
+            self._text_search.duplicates = self.duplicates
         return self._text_search
 
-    def search(self, text: object, k: int = 5, query: Query | None = None) -> Results:
+    @property
+    def duplicates(self) -> DuplicateGroups:
+        """Which indexed products are listings of one item (over the index's positions): the same
+        normalised name, or the same type and colour and image cosine >= ``duplicates.DUPLICATE_COSINE``."""
+        if self._duplicates is None:
+            self._need_vision()
+            rows = self.products.loc[self.index.ids]
+            kinds = (rows["articleType"].astype(str) + "/" + rows["baseColour"].astype(str)).to_numpy()
+            self._duplicates = DuplicateGroups.build(rows["productDisplayName"], self.index.vectors, kinds)
+        return self._duplicates
+
+    def search(self, text: object, k: int = 5, query: Query | None = None, collapse: bool = True,
+               fill: bool = True) -> Results:
         """Catalogue products for a shopper's words, best first: ``search("black heels for women")``.
 
-        What was understood filters (type, colour, gender, usage, "not ..."); when nothing passes, one
-        constraint at a time is dropped and ``.relaxed``/``.message`` say which. BM25 over the names and
-        attributes and MiniLM name embeddings rank what passes (reciprocal-rank fusion; ``score``).
-        ``query``: constraints to use instead of parsing ``text`` (e.g. ``Query.then``'s refinement).
+        What was understood filters (type, colour, gender, usage, "not ..."); when nothing passes, the
+        closest relaxation that some products pass is shown and ``.relaxed``/``.message`` say which.
+        BM25 over the names and attributes and MiniLM name embeddings rank what passes (reciprocal-rank
+        fusion; ``score``). ``query``: constraints to use instead of parsing ``text`` (e.g.
+        ``Query.then``'s refinement). ``collapse``: one card per item (``Product.duplicates``).
+        ``fill``: a short page is filled with near matches (``Product.near_match``).
         """
-        found = self.text_search.search(text, k, query=query)
-        rows = self.products.loc[self.index.ids[found.positions]]
-        return Results(_products(rows, found.scores), found.query.understood(), found.relaxed, found.message,
-                       found.query)
+        found = self.text_search.search(text, k, query=query, collapse=collapse, fill=fill)
+        ids = self.index.ids
+        rows = self.products.loc[ids[found.positions]]
+        duplicates = [ids[d] for d in found.duplicates] if found.duplicates else None
+        return Results(_products(rows, found.scores, duplicates, found.near or None), found.query.understood(),
+                       found.relaxed, found.message, found.query, found.reply, found.ignored)
+
+    def lookup(self, ids: Sequence[int]) -> list[Product]:
+        """The catalogue's ``Product``s for ``ids`` (score 0), in that order: e.g. the listings a card
+        collapsed (``Product.duplicate_ids``)."""
+        self._need_vision()
+        self.positions(ids)  # a KeyError for ids that are not in the catalogue
+        return _products(self.products.loc[list(ids)], np.zeros(len(ids)))
 
     def where_mask(self, where: dict | Query | np.ndarray | None) -> np.ndarray | None:
         """A boolean mask over the index's positions from ``{field: value or [values]}`` (fields
@@ -320,7 +359,7 @@ class ShopBot:
 
     def similar(self, image: ImageInput | int, k: int = 5, index: str | Index | None = None,
                 remove_background: bool | str = False, where: dict | Query | np.ndarray | None = None,
-                class_prior: float = CLASS_PRIOR) -> list[Product]:
+                class_prior: float = CLASS_PRIOR, collapse: bool = True) -> list[Product]:
         """The ``k`` catalogue products most similar to ``image``, best first.
 
         ``image``: a photo (path, bytes, PIL) or a catalogue product id ("more like this": that
@@ -329,6 +368,8 @@ class ShopBot:
         ``none``): the product is cut out, put on white like the catalogue and cropped before embedding.
         ``where``: only products with these attributes (``{"baseColour": "Black"}``; see ``where_mask``),
         searched inside the index. ``class_prior``: weight of log p(query's type = product's type).
+        ``collapse``: one card per item (``duplicates``): the other listings of an item are counted
+        in its ``Product.duplicates`` (their ids: ``duplicate_ids``; ``lookup`` turns them into products).
         """
         self._need_vision()
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -342,17 +383,43 @@ class ShopBot:
         if _is_product_id(image):  # "more like this" never answers with the product itself
             mask = (np.ones(len(self.index.ids), bool) if mask is None else mask.copy())
             mask[self._position[image]] = False
-        pool = max(PRIOR_POOL, k) if class_prior else k
-        with one_blas_thread():  # after torch's threads: see one_blas_thread
-            if in_engine:
-                from .milvus import expression
+        return self._nearest(vector, k, engine, mask, where if in_engine else None, class_prior, collapse)
 
-                ids, scores = engine.query(vector, pool, expr=expression(where))
-            else:
-                ids, scores = engine.query(vector, pool, where=mask)
-        if class_prior and len(ids):
-            ids, scores = (a[0] for a in self.with_class_prior(vector[None], ids[None], scores[None], k, class_prior))
-        return _products(self.products.loc[ids], scores)
+    def _nearest(self, vector: np.ndarray, k: int, engine: Index, mask: np.ndarray | None, where: dict | Query | None,
+                 class_prior: float, collapse: bool) -> list[Product]:
+        """``similar`` once the query's embedding and the filter are known (``where``: filtered by the
+        engine itself, else ``mask``)."""
+        pool = max(PRIOR_POOL, k) if class_prior else k
+        if collapse:
+            pool = max(pool, 2 * k)
+        while True:
+            with one_blas_thread():  # after torch's threads: see one_blas_thread
+                if where is not None:
+                    from .milvus import expression
+
+                    ids, scores = engine.query(vector, pool, expr=expression(where))
+                else:
+                    ids, scores = engine.query(vector, pool, where=mask)
+            if class_prior and len(ids):
+                ids, scores = (a[0] for a in self.with_class_prior(vector[None], ids[None], scores[None], len(ids),
+                                                                     class_prior))
+            if not collapse:
+                return _products(self.products.loc[ids[:k]], scores[:k])
+            positions = self.positions(ids)
+            heads = self.duplicates.first(positions, k)
+            if len(heads) >= k or len(ids) < pool:
+                break
+            pool *= 4  # the best ones were mostly listings of the same few items: look further
+        if len(heads) < k:  # fewer items than cards: their other listings follow, best first
+            heads = np.concatenate([heads, positions[~np.isin(positions, heads)][:k - len(heads)]])
+        rank = {p: i for i, p in enumerate(positions.tolist())}
+        keep = np.array([rank[p] for p in heads.tolist()], dtype=np.int64)
+        first = np.zeros(len(keep), bool)  # the first card of each item carries its count
+        first[np.unique(self.duplicates.labels[positions[keep]], return_index=True)[1]] = True
+        others = [self.duplicates.others(p, mask) if f else np.zeros(0, np.int64)
+                  for p, f in zip(positions[keep], first)]
+        others = [o[~np.isin(o, heads)] for o in others]
+        return _products(self.products.loc[ids[keep]], scores[keep], [self.index.ids[o] for o in others])
 
     def refine(self, anchor: ImageInput | int, text: str, k: int = 5, index: str | Index | None = None,
                remove_background: bool | str = False, query: Query | None = None) -> Results:
@@ -369,10 +436,29 @@ class ShopBot:
                 kind = self.products.loc[int(anchor), "articleType"]
             else:
                 kind = self.classify(anchor, top=1)[0][0]
-            query = Query(query.text, {"articleType": [kind], **query.include}, query.exclude)
-        mask, relaxed = self.text_search.relaxed_mask(query)
-        products = self.similar(anchor, k, index, where=mask, class_prior=0.0)  # the type is filtered
-        return Results(products, query.understood(), relaxed, relaxation_message(query, relaxed, "like this"), query)
+            query = Query(query.text, {"articleType": [kind], **query.include}, query.exclude, query.ignored)
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive whole number, got {k!r}")
+        mask, asked, relaxed, looser = self.text_search.first_tier(query)
+        vector, engine = self.anchor_vector(anchor), self.get_index(index)
+        own = self.positions([anchor]) if _is_product_id(anchor) else []
+        products: list[Product] = []
+        shown = np.zeros(len(mask), bool)
+        for tier, dropped in [(None, [])] + looser:  # what matches, then near matches, closest first
+            more = (mask if tier is None else self.text_search.mask(tier)) & ~shown
+            shown |= more
+            more[own] = False  # never the anchor itself
+            for position in self.positions([p.id for p in products]):
+                more[self.duplicates.members(position)] = False  # an item already on the page
+            if more.any():  # the type is filtered: no class prior
+                extra = self._nearest(vector, k - len(products), engine, more, None, 0.0, True)
+                products += [replace(p, near_match=near_words(dropped)) for p in extra]
+            if len(products) >= k:
+                break
+        ignored = self.text_search.unused(query.text, query)
+        message, reply = compose_reply(query, asked, relaxed, [p.near_match for p in products], ignored, "like this",
+                                       intro=f"Here are {asked.describe()} like this.")
+        return Results(products, query.understood(), relaxed, message, query, reply, ignored)
 
 
 def _is_product_id(anchor: object) -> bool:

@@ -225,6 +225,24 @@ class Conversation:
             return self._products(lambda k: self.bot.similar(int(product_id), k), f"Here are products like {name}.")
         return self._answer(respond)
 
+    def similar_listings(self, product_id: int, ids: Sequence[int] | None = None) -> Turn:
+        """The listings collapsed into a card ("+3 similar listings"; ``ids``, default: those of the
+        latest card of ``product_id``), as cards of their own."""
+        name = self._name(product_id)
+        self._add(Turn("shopper", text=f"Similar listings: {name}" if name else "Similar listings"))
+
+        def respond() -> Turn:
+            listed = ids
+            if listed is None:
+                card = next((p for t in reversed(self.turns) for p in t.products if p.id == product_id), None)
+                listed = card.duplicate_ids if card is not None else ()
+            if not listed:
+                return self._answer_text("That product has no other listings here.")
+            listed = self.bot.lookup(list(listed)[:MAX_RESULTS])
+            return self._products_turn(listed, f"Here are the {len(listed)} other listings like {name}.", more=False,
+                                       similarity=False)
+        return self._answer(respond)
+
     def show_more(self) -> Turn:
         """The next page of the last answer's products."""
         self._add(Turn("shopper", text="Show more"))
@@ -316,9 +334,9 @@ class Conversation:
         cutout = thumbnail_jpeg(prepared, 2 * THUMB_PX) if remove_background else None
         if query.fields:
             turn = self._products(lambda k: self.bot.refine(prepared, text, k, query=query),
-                                  "Here are products like your photo", intro_from_results=True)
+                                  "products like your photo", intro_from_results=True)
         else:
-            turn = self._products(lambda k: self.bot.similar(prepared, k), "Here are the products most like your photo",
+            turn = self._products(lambda k: self.bot.similar(prepared, k), "the most similar products",
                                   intro_from_results=True)
         turn.photo = cutout
         if turn.products:  # "in black" keeps the type the reply named ("they look like ...")
@@ -341,7 +359,7 @@ class Conversation:
             return self._search(combined.text, combined)
         if "articleType" not in combined.include and context.get("kind"):
             combined = Query(combined.text, {"articleType": [context["kind"]], **combined.include}, combined.exclude)
-        return self._products(lambda k: self.bot.refine(anchor, text, k, query=combined), "Here you are",
+        return self._products(lambda k: self.bot.refine(anchor, text, k, query=combined), "the closest ones",
                               intro_from_results=True)
 
     def _search(self, text: str, query: Query | None = None) -> Turn:
@@ -352,8 +370,7 @@ class Conversation:
             return self._answer_text(found.message or "I could not find products for that. Try a product type "
                                      "and a colour, e.g. \"blue jeans for men\".", intent="product_search")
         self._context = {"anchor": None, "query": found.query or parse_query(text)}
-        intro = found.message or f"Here are {_describe(found.query)}."
-        return self._products(fetch, intro, first=found)
+        return self._products(fetch, found.reply or f"Here are {_describe(found.query)}.", first=found)
 
     def _products(self, fetch: Callable[[int], list[Product]], intro: str, first: list[Product] | None = None,
                   intro_from_results: bool = False) -> Turn:
@@ -363,9 +380,8 @@ class Conversation:
         self._more = (fetch, len(page), similarity) if page else None
         if not page:
             return self._answer_text(getattr(found, "message", "") or "I found nothing like that in the catalogue.")
-        message = getattr(found, "message", "")
-        if intro_from_results:
-            intro = message or f"{intro} (they look like {_main_type(page)})."
+        if intro_from_results:  # a reply that says what it understood, else what the results look like
+            intro = getattr(found, "reply", "") or f"These look like {_looks_like(page)}: here are {intro}."
         return self._products_turn(page, intro, more=self._can_show_more(found), similarity=similarity)
 
     def _products_turn(self, page: list[Product], text: str, more: bool, similarity: bool) -> Turn:
@@ -457,6 +473,17 @@ def _decodes(data: bytes) -> bool:
 def _main_type(products: Sequence[Product]) -> str:
     """The article type most of ``products`` have (what a reply says they "look like")."""
     return Counter(p.articleType for p in products).most_common(1)[0][0]
+
+
+def _looks_like(products: Sequence[Product]) -> str:
+    """What most of ``products`` are, in words: their type, and the colour and gender most of them share
+    ("black t-shirts for men")."""
+    include = {"articleType": [_main_type(products)]}
+    for field_, values in (("baseColour", [p.baseColour for p in products]), ("gender", [p.gender for p in products])):
+        value, count = Counter(values).most_common(1)[0]
+        if value and count * 2 > len(products):
+            include[field_] = [value]
+    return Query("", include).describe()
 
 
 def _describe(query: Query | None) -> str:

@@ -21,9 +21,18 @@ import numpy as np
 import pandas as pd
 
 from . import config
+from .duplicates import normalise_name
 from .search import COLOUR_WORDS, GENDER_WORDS, TYPE_WORDS, TextSearch
 
 MIN_GROUP = 5
+#: Cards on the chat's first page (``chat.PAGE``): what the page metrics look at.
+PAGE = 8
+#: A shopper's session from issue 28, as typed: words a filter cannot use, colours the catalogue names
+#: otherwise, occasions, short pages and duplicate-heavy pages (what ``page_report`` prints replies for).
+SESSION_QUERIES = ["show me black formal shoes for men", "brown formal shoes for men", "off-white shirt",
+                   "party clutch in gold", "women's black sandals", "gifts for my dad under 50 dollars",
+                   "burgundy heels", "summer outfit for a beach holiday", "do you have red dresses?",
+                   "cotton kurta for women size m", "nike running shoes under 3000"]
 WORDINGS_FILE = config.ROOT / "benchmarks" / "search_wordings.json"
 ATTRS = ("articleType", "baseColour", "gender")
 
@@ -172,28 +181,40 @@ def bootstrap_ci(values: np.ndarray, n: int = 1000, seed: int = config.SEED) -> 
 
 
 def evaluate_ranker(rank: Callable[[str], np.ndarray], products: pd.DataFrame, groups: pd.DataFrame,
-                    queries: Sequence[str]) -> dict:
+                    queries: Sequence[str], items: np.ndarray | None = None) -> dict:
     """P@5 and nDCG@10 (with bootstrap intervals), the zero-result rate and the share of top-5 results
-    that break an asked constraint, for ``rank(query) -> positions best first``."""
+    that break an asked constraint, for ``rank(query) -> positions best first``. With ``items`` (an
+    item label per product, ``DuplicateGroups.labels``): ``item_p_at_5``, the distinct exact-match
+    items in the top 5 over the most there can be (5, or fewer when the group has fewer items): a
+    page of one item listed five times scores 1/5 there, 1.0 in P@5."""
     type_counts = products["articleType"].value_counts()
-    p5, nd, zero, broken, times = [], [], [], [], []
+    attrs = {a: products[a].to_numpy() for a in ATTRS}
+    p5, item_p5, nd, zero, broken, times = [], [], [], [], [], []
     for group, text in zip(groups.itertuples(index=False), queries):
         start = time.perf_counter()
         found = np.asarray(rank(text), dtype=np.int64)[:10]
         times.append(time.perf_counter() - start)
         g = gains(products, found, group)
         p5.append(float((g[:5] == 1.0).sum()) / 5)
+        if items is not None:
+            exact = (attrs["articleType"] == group.articleType) & (attrs["baseColour"] == group.baseColour) \
+                & (attrs["gender"] == group.gender)
+            best = min(5, len(np.unique(items[exact])))
+            item_p5.append(len(np.unique(items[found[:5][g[:5] == 1.0]])) / best)
         nd.append(ndcg(g, int(group.size), int(type_counts.get(group.articleType, 0)) - int(group.size)))
         zero.append(len(found) == 0)
         broken.extend((g[:5] < 1.0).tolist())
     return {"queries": len(queries), "p_at_5": float(np.mean(p5)), "p_at_5_ci": bootstrap_ci(p5),
             "ndcg_at_10": float(np.mean(nd)), "ndcg_at_10_ci": bootstrap_ci(nd),
             "zero_result_rate": float(np.mean(zero)), "violation_rate": float(np.mean(broken)) if broken else 0.0,
-            "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3)}
+            "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
+            **({"item_p_at_5": float(np.mean(item_p5))} if items is not None else {})}
 
 
-def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.ndarray]]:
-    """The old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker."""
+def rankers(search: TextSearch, k: int = 10, apart: bool = False) -> dict[str, Callable[[str], np.ndarray]]:
+    """The old parser's filter-and-first-rows, BM25 alone, MiniLM alone and the shipped ranker (the
+    pages ``ShopBot.search`` shows: one card per item, short pages filled). ``apart``: also the
+    shipped ranker with listings kept apart and no filling (the ranking alone)."""
     def top(scores: np.ndarray) -> np.ndarray:
         best = np.argsort(-scores, kind="stable")[:k]
         return best[scores[best] > -np.inf]
@@ -202,14 +223,18 @@ def rankers(search: TextSearch, k: int = 10) -> dict[str, Callable[[str], np.nda
            "BM25 alone": lambda t: (lambda s: top(np.where(s > 0, s, -np.inf)))(search.bm25_scores(t))}
     if search.name_vectors is not None:
         out["MiniLM alone"] = lambda t: top(search.dense_scores(t))
-    out["ShopBot (filters + BM25/MiniLM fusion)"] = lambda t: search.search(t, k).positions
+    if apart:
+        out["ShopBot, listings apart (no collapse, no fill)"] = lambda t: search.search(t, k).positions
+    out["ShopBot (filters + BM25/MiniLM fusion)"] = lambda t: search.search(t, k, collapse=True,
+                                                                         fill=True).positions
     return out
 
 
 def text_search_report(search: TextSearch, classes: Sequence[str], halves: Sequence[str] = ("dev", "test"),
-                       min_size: int = MIN_GROUP, max_queries: int | None = None) -> pd.DataFrame:
+                       min_size: int = MIN_GROUP, max_queries: int | None = None, items: bool = False) -> pd.DataFrame:
     """Every ranker on every wording and half of the groups: one row each (none when no group has
-    ``min_size`` products). ``max_queries``: the first groups of each half only (quick runs)."""
+    ``min_size`` products). ``max_queries``: the first groups of each half only (quick runs).
+    ``items``: also the ranking with listings kept apart, and P@5 over distinct items (``item_p_at_5``)."""
     groups = query_groups(search.products, classes, min_size)
     rows = []
     for wording in ("catalogue", "synonyms", "kept_apart"):
@@ -218,9 +243,64 @@ def text_search_report(search: TextSearch, classes: Sequence[str], halves: Seque
             if part.empty:
                 continue
             queries = word_queries(part, wording)
-            for name, rank in rankers(search).items():
+            for name, rank in rankers(search, apart=items).items():
                 rows.append({"wording": wording, "half": half, "ranker": name,
-                             **evaluate_ranker(rank, search.products, part, queries)})
+                             **evaluate_ranker(rank, search.products, part, queries,
+                                               search.duplicates.labels if items else None)})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- what a page looks like
+def page_metrics(search: TextSearch, queries: Sequence[str], k: int = PAGE, collapse: bool = True,
+                 fill: bool = True) -> dict:
+    """For the first page (``k`` cards) of each query: the share of pages on which a product name
+    appears twice (``duplicate_share``), with fewer than ``k`` cards although the asked type has ``k``
+    items (``short_page_rate``), with words nothing filtered by (``ignored_words_rate``), and p50/p95."""
+    names = search.products["productDisplayName"].to_numpy()
+    types = search.products["articleType"].to_numpy()
+    items = pd.Series(search.duplicates.labels).groupby(types).nunique()
+    repeated, short, ignored, sizes, times = [], [], [], [], []
+    for text in queries:
+        start = time.perf_counter()
+        result = search.search(text, k, collapse=collapse, fill=fill)
+        times.append(time.perf_counter() - start)
+        page = normalise_name(names[result.positions])
+        repeated.append(len(set(page)) < len(page))
+        asked = result.query.include.get("articleType")
+        available = int(items.loc[[t for t in asked if t in items.index]].sum()) if asked else len(search)
+        short.append(len(page) < min(k, available))
+        ignored.append(bool(result.ignored))
+        sizes.append(len(page))
+    return {"queries": len(queries), "duplicate_share": float(np.mean(repeated)),
+            "short_page_rate": float(np.mean(short)), "ignored_words_rate": float(np.mean(ignored)), "mean_cards": float(np.mean(sizes)),
+            "p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3)}
+
+
+def page_report(search: TextSearch, classes: Sequence[str], halves: Sequence[str] = ("dev", "test"),
+                k: int = PAGE, min_size: int = MIN_GROUP, max_queries: int | None = None) -> pd.DataFrame:
+    """``page_metrics`` for every wording and half of the benchmark's groups and for the shopper's
+    session (``SESSION_QUERIES``), with listings kept apart and no filling (as before issue 28) and as
+    shipped (one card per item, short pages filled)."""
+    groups = query_groups(search.products, classes, min_size)
+    sets = [(wording, half, word_queries(part, wording))
+            for wording in ("catalogue", "synonyms", "kept_apart") for half in halves
+            if not (part := groups[groups["half"] == half].reset_index(drop=True).head(max_queries)).empty]
+    sets.append(("session", "-", SESSION_QUERIES))
+    rows = []
+    for wording, half, queries in sets:
+        for setting, collapse, fill in (("listings apart, no fill", False, False), ("ShopBot", True, True)):
+            rows.append({"wording": wording, "half": half, "setting": setting,
+                         **page_metrics(search, queries, k, collapse, fill)})
+    return pd.DataFrame(rows)
+
+
+def session_replies(search: TextSearch, k: int = PAGE) -> pd.DataFrame:
+    """What the shopper's session (``SESSION_QUERIES``) gets: cards, near matches, collapsed listings, reply."""
+    rows = []
+    for text in SESSION_QUERIES:
+        result = search.search(text, k, collapse=True, fill=True)
+        rows.append({"query": text, "cards": len(result.positions), "near": sum(bool(n) for n in result.near),
+                     "collapsed": sum(len(d) for d in result.duplicates), "reply": result.reply})
     return pd.DataFrame(rows)
 
 

@@ -43,6 +43,7 @@ button.shopbot-thumb { font-size: 11px; height: 24px; color: #444; }
 .shopbot-card { width: 172px; border: 1px solid #e0e0e0; border-radius: 8px; background: #fff; padding: 6px; }
 .shopbot-card img { width: 160px; height: 160px; object-fit: contain; background: #fff; }
 .shopbot-card-text { font-size: 12px; line-height: 1.3; }
+.shopbot-near { color: #8a5a00; }
 .shopbot-chip button, button.shopbot-chip { border-radius: 14px; }
 .shopbot-typing { color: #555; font-style: italic; }
 .shopbot-preview { align-items: center; border: 1px solid #b9d3ef; border-radius: 14px; padding: 2px 8px; background: #eef5fd; }
@@ -255,11 +256,23 @@ class ChatApp:
         score = (f'<br><span title="cosine similarity of the photos (1 = identical)">similarity {product.score:.2f}</span>'
                  if similarity else "")
         picture = _img(thumb, product.productDisplayName) or f'<div style="height:160px" role="img" aria-label="{name}">no picture</div>'
-        info = w.HTML(f'{picture}<div class="shopbot-card-text"><b>{name}</b><br>{facts}{score}</div>')
+        near = (f'<br><span class="shopbot-near" title="it lacks some of what you asked for">near match: '
+                f'{html.escape(product.near_match)}</span>' if product.near_match else "")
+        info = w.HTML(f'{picture}<div class="shopbot-card-text"><b>{name}</b><br>{facts}{score}{near}</div>')
         button = w.Button(description="More like this", icon="search", tooltip=f"More like {product.productDisplayName}",
                           layout=w.Layout(width="160px"))
         button.on_click(lambda _, pid=product.id: self._run(lambda: self.conversation.more_like_this(pid)))
-        card = w.VBox([info, button])
+        parts = [info, button]
+        if product.duplicates:  # the listings collapsed into this card, one click away
+            n = product.duplicates
+            listings = w.Button(description=f"+{n} similar listing{'s' if n != 1 else ''}", icon="clone",
+                                tooltip=f"Show the {n} other listing{'s' if n != 1 else ''} like this one",
+                                layout=w.Layout(width="160px"))
+            listings.add_class("shopbot-listings")
+            listings.on_click(lambda _, pid=product.id, ids=product.duplicate_ids: self._run(
+                lambda: self.conversation.similar_listings(pid, ids)))
+            parts.append(listings)
+        card = w.VBox(parts)
         card.add_class("shopbot-card")
         return card
 

@@ -44,8 +44,8 @@ def test_similar_returns_products_best_first(bot, catalogue):
     with_prior = bot.similar(catalogue.image_path(pid), k=5)  # cosine + 0.02 log p(type): itself still first
     assert with_prior[0].id == pid and [p.score for p in with_prior] == sorted((p.score for p in with_prior), reverse=True)
     assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
-    assert set(found[0].as_dict()) == {"id", "articleType", "subCategory", "baseColour",
-                                        "productDisplayName", "score", "gender", "usage"}
+    assert set(found[0].as_dict()) == {"id", "articleType", "subCategory", "baseColour", "productDisplayName",
+                                        "score", "gender", "usage", "duplicates", "duplicate_ids", "near_match"}
 
 
 def test_similar_searches_with_one_blas_thread(bot, catalogue, monkeypatch):
@@ -80,7 +80,10 @@ def test_odd_images_work(bot):
 
 
 def test_k_larger_than_catalogue_and_bad_k(bot):
-    assert len(bot.similar(random_image(), k=10**6)) == len(bot.index)
+    assert len(bot.similar(random_image(), k=10**6, collapse=False)) == len(bot.index)
+    everything, items = bot.similar(random_image(), k=10**6), len(set(bot.duplicates.labels))
+    assert len(everything) == len(bot.index)  # one card per item first, then the items' other listings
+    assert len({bot.duplicates.labels[bot.positions([p.id])[0]] for p in everything[:items]}) == items
     for k in (0, -1, 2.5):
         with pytest.raises(ValueError, match="k must be"):
             bot.similar(random_image(), k=k)
@@ -125,11 +128,16 @@ def test_cli_similar_classify_and_errors(small_artifacts, catalogue, capsys, tmp
 def test_search_refine_and_more_like_this(bot):
     """Text search, "like this, but in <colour>" and "more like this" on the small bot."""
     found = bot.search("black casual shoes for men", k=5)
-    assert found and all(p.articleType == "Casual Shoes" and p.baseColour == "Black" for p in found)
+    exact = [p for p in found if not p.near_match]  # first; a short page goes on with near matches
+    assert exact and found[:len(exact)] == exact and all(p.near_match for p in found[len(exact):])
+    assert all(p.articleType == "Casual Shoes" and p.baseColour == "Black" for p in exact)
+    assert len(found) == 5
     assert found.understood["articleType"] == ["Casual Shoes"] and found.relaxed == []
     anchor = int(bot.products[bot.products["articleType"] == "Tshirts"].index[0])
     refined = bot.refine(anchor, "in black", k=3)
-    assert refined and all(p.articleType == "Tshirts" and p.baseColour == "Black" for p in refined)
+    assert len(refined) == 3 and all(p.articleType == "Tshirts" for p in refined if not p.near_match)
+    assert all(p.baseColour == "Black" for p in refined if not p.near_match)
+    assert refined.reply.startswith("Here are black t-shirts like this") or refined.relaxed
     more = bot.similar(anchor, k=5)
     assert len(more) == 5 and anchor not in [p.id for p in more]  # never the product itself
     filtered = bot.similar(anchor, k=5, where={"baseColour": "Black"})
@@ -138,6 +146,21 @@ def test_search_refine_and_more_like_this(bot):
         bot.similar(999_999_999)
     with pytest.raises(ValueError, match="no product with id"):
         bot.refine(999_999_999, "in black")
+
+
+def test_similar_and_more_like_this_collapse_listings_of_one_item(bot, catalogue):
+    products = bot.products.copy()
+    listed = [int(i) for i in products.index[products["articleType"] == "Watches"][:4]]
+    products.loc[listed, "productDisplayName"] = "Titan Men Black Analogue Watch"
+    listings = ShopBot(bot.model, bot.info, bot.index, products, folder=bot.folder, norms=bot.norms)
+    found = listings.similar(catalogue.image_path(listed[0]), k=5, class_prior=0.0)
+    assert found[0].id == listed[0] and len(found) == 5 and not {p.id for p in found[1:]} & set(listed)
+    assert set(listed[1:]) <= set(found[0].duplicate_ids) and found[0].duplicates == len(found[0].duplicate_ids)
+    more = listings.similar(listed[0], k=5)  # "more like this": not itself; its other listings on one card
+    assert len(more) == 5 and listed[0] not in {p.id for p in more} and len({p.id for p in more} & set(listed)) <= 1
+    assert [p.id for p in listings.lookup(listed[1:])] == listed[1:]
+    apart = listings.similar(listed[0], k=len(bot.index) - 1, collapse=False)
+    assert set(listed[1:]) <= {p.id for p in apart} and all(p.duplicates == 0 for p in apart)
 
 
 def test_cli_search(small_artifacts, capsys):

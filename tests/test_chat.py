@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from PIL import Image
 from conftest import image_bytes, random_image
 from shopbot_utils.chat import (EXAMPLE_PHOTO, MAX_RESULTS, PAGE, START_OVER, STARTERS, Conversation, FeedbackError,
                                 Thumbnails)
+from shopbot_utils.search import TYPE_NAMES, TYPE_NEIGHBOURS
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,13 @@ def chat_bot(chat_artifacts):
 @pytest.fixture
 def chat(chat_bot, catalogue, tmp_path):
     return Conversation(chat_bot, catalogue=catalogue, feedback_log=tmp_path / "feedback.jsonl")
+
+
+def exact_matches(products) -> list:
+    """The cards that have everything asked for: they come first, near matches (marked) after them."""
+    exact = [p for p in products if not p.near_match]
+    assert products[:len(exact)] == exact and products, products
+    return exact
 
 
 def _photo(catalogue, chat_bot, article_type: str) -> tuple[int, bytes]:
@@ -59,8 +68,9 @@ def test_text_search_then_refinement_keeps_the_context(chat):
     assert START_OVER in first.quick_replies and any(c.startswith("in ") for c in first.quick_replies)
     black = chat.send("in black")
     assert black.kind == "products" and black.products
-    assert all(p.articleType == "Casual Shoes" and p.baseColour == "Black" for p in black.products)
-    assert all(p.gender == "Men" for p in black.products) or "anyone's" in black.text
+    assert all(p.articleType == "Casual Shoes" and p.baseColour == "Black" for p in exact_matches(black.products))
+    assert all(p.articleType in ("Casual Shoes", *TYPE_NEIGHBOURS["Casual Shoes"]) for p in black.products)
+    assert all(p.gender == "Men" for p in exact_matches(black.products)) or "anyone's" in black.text
     # a new type with no pointer back at the results is a new search, not a refinement
     heels = chat.send("heels for women")
     assert all(p.articleType == "Heels" for p in heels.products)
@@ -75,7 +85,11 @@ def test_photo_search_shows_the_cutout_then_refines_those_results(chat, chat_bot
     assert shopper.role == "shopper" and shopper.filename == "shirt.jpg" and shopper.photo is not None
     assert len(shopper.photo) < len(data) * 4  # a thumbnail, not the upload
     refined = chat.send("in black")
-    assert refined.products and all(p.baseColour == "Black" for p in refined.products)
+    assert exact_matches(refined.products) and all(p.baseColour == "Black" for p in exact_matches(refined.products))
+    # every path names what it understood: the photo's type, then the colour asked for
+    main = Counter(p.articleType for p in turn.products).most_common(1)[0][0]
+    assert turn.text.startswith("These look like ") and TYPE_NAMES.get(main, main.lower()) in turn.text
+    assert refined.text.startswith(("Here are black ", "No black "))
     kind = max({p.articleType for p in turn.products}, key=[p.articleType for p in turn.products].count)
     assert all(p.articleType == kind for p in refined.products)
 
@@ -83,7 +97,7 @@ def test_photo_search_shows_the_cutout_then_refines_those_results(chat, chat_bot
 def test_photo_with_text_refines_at_once_and_without_background_removal(chat, chat_bot, catalogue):
     _, data = _photo(catalogue, chat_bot, "Tshirts")
     turn = chat.send("these in white", photo=data, filename="a.png", remove_background=False)
-    assert turn.photo is None and turn.products and all(p.baseColour == "White" for p in turn.products)
+    assert turn.photo is None and all(p.baseColour == "White" for p in exact_matches(turn.products))
 
 
 def test_more_like_this_and_show_more(chat, chat_bot):
@@ -239,3 +253,47 @@ def test_feedback_that_cannot_be_saved_says_so(chat_bot, catalogue, tmp_path):
     turn = chat.send("How much is shipping?")
     with pytest.raises(FeedbackError, match="could not be saved"):
         chat.feedback(turn.id, "up")
+
+
+@pytest.fixture(scope="module")
+def duplicate_bot(chat_bot):
+    """The chat's bot over a catalogue in which six men's casual shoes are one black shoe listed six times."""
+    from shopbot_utils import ShopBot
+
+    products = chat_bot.products.copy()
+    listed = products.index[products["articleType"] == "Casual Shoes"][:6]
+    products.loc[listed, ["baseColour", "gender", "productDisplayName"]] = \
+        ["Black", "Men", "Provogue Men Black Casual Shoes"]
+    bot = ShopBot(chat_bot.model, chat_bot.info, chat_bot.index, products, folder=chat_bot.folder, norms=chat_bot.norms)
+    return bot, [int(i) for i in listed]
+
+
+def test_a_duplicate_heavy_search_shows_one_card_per_item(duplicate_bot, catalogue, tmp_path):
+    bot, listed = duplicate_bot
+    chat = Conversation(bot, catalogue=catalogue, feedback_log=tmp_path / "feedback.jsonl")
+    turn = chat.send("provogue casual shoes for men")  # the brand's six listings rank first
+    names = [p.productDisplayName for p in turn.products]
+    assert len(turn.products) == PAGE and len(set(names)) == PAGE  # one card per item
+    card = next(p for p in turn.products if p.productDisplayName == "Provogue Men Black Casual Shoes")
+    assert card.duplicates >= 5 and set(listed) <= {card.id, *card.duplicate_ids}  # (and any same picture)
+    assert turn.text.startswith("Here are casual shoes for men.") and "brand" in turn.text
+    page2 = chat.show_more()
+    assert not {p.id for p in page2.products} & {p.id for p in turn.products}
+    listings = chat.similar_listings(card.id)  # the collapsed listings, one click away
+    assert listings.kind == "products" and [p.id for p in listings.products] == list(card.duplicate_ids)
+    assert chat.turns[-2].text.startswith("Similar listings: ")
+    more = chat.more_like_this(card.id)  # never the product itself; its other listings as one card at most
+    assert card.id not in {p.id for p in more.products} and len({p.id for p in more.products} & set(listed)) <= 1
+    assert chat.similar_listings(more.products[-1].id, ()).kind == "answer"  # nothing collapsed: says so
+
+
+def test_a_short_page_is_filled_with_near_matches_and_says_so(chat, chat_bot):
+    products = chat_bot.products
+    kind, colour = products.groupby(["articleType", "baseColour"]).size().loc[lambda s: s.between(1, 3)].index[0]
+    turn = chat.send(f"{colour} {kind}".lower())
+    assert len(turn.products) == PAGE  # the type has far more than a page
+    exact = [p for p in turn.products if not p.near_match]
+    assert 1 <= len(exact) <= 3 and all(p.articleType == kind and p.baseColour == colour for p in exact)
+    assert turn.products[:len(exact)] == exact  # near matches come after every exact one
+    assert all(p.articleType in (kind, *TYPE_NEIGHBOURS.get(kind, [])) for p in turn.products)
+    assert "near match" in turn.text

@@ -172,3 +172,19 @@ def test_thumbs_say_so_when_feedback_cannot_be_saved(chat_bot, catalogue, tmp_pa
     answer = rows(app, "bot")[-1]
     buttons(answer, "Helpful")[0].click()
     assert "could not be saved" in html_of(answer) and not buttons(answer, "Helpful")
+
+
+def test_cards_show_near_matches_and_open_their_collapsed_listings(app, chat_bot):
+    from dataclasses import replace
+
+    found = chat_bot.search("casual shoes", k=4)
+    others = tuple(p.id for p in found[1:])
+    product = replace(found[0], duplicates=3, duplicate_ids=others, near_match="close colour")
+    card = app._card(product, similarity=False)
+    assert "near match: close colour" in html_of(card)
+    plain = app._card(replace(product, duplicates=0, duplicate_ids=(), near_match=""), similarity=False)
+    assert "near match" not in html_of(plain) and not buttons(plain, "+3 similar listings")
+    buttons(card, "+3 similar listings")[0].click()
+    turn = app.conversation.turns[-1]
+    assert turn.kind == "products" and tuple(p.id for p in turn.products) == others
+    assert "More like this" in [b.description for b in buttons(rows(app, "bot")[-1])]
