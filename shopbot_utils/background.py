@@ -52,7 +52,7 @@ MIN_SIDE = 16
 PACKSHOT_BORDER = 0.5
 #: Near-white: every channel at least this (the catalogue's white, JPEG noise included).
 WHITE_LEVEL = 225
-#: The border ring is this fraction of the short side of the photo, looked at <= ``CHECK_PX`` px.
+#: The border ring is this fraction of the short side of the photo, looked at about ``CHECK_PX`` px.
 BORDER_RING = 0.06
 CHECK_PX = 96
 
@@ -252,10 +252,11 @@ class NoBackend:
 # --------------------------------------------------------------------------- deciding per photo
 def white_border(image: Image.Image, ring: float = BORDER_RING, level: int = WHITE_LEVEL) -> float:
     """The fraction of the photo's border ring (``ring`` of its short side) whose pixels are near-white
-    (every channel >= ``level``), on a copy at most ``CHECK_PX`` px."""
-    small = image.convert("RGB")  # a copy
-    small.thumbnail((CHECK_PX, CHECK_PX), Image.BILINEAR)
-    rgb = np.asarray(small)
+    (every channel >= ``level``), on a copy shrunk by a whole factor (box average) to about ``CHECK_PX`` px."""
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    factor = max(1, max(image.size) // CHECK_PX)
+    rgb = np.asarray((image.reduce(factor) if factor > 1 else image).convert("RGB"))
     h, w = rgb.shape[:2]
     b = max(1, round(ring * min(h, w)))
     edge = np.ones((h, w), bool)

@@ -242,7 +242,7 @@ def test_the_check_is_cheap_and_reads_only_the_border():
     framed[:24], framed[-24:], framed[:, :24], framed[:, -24:] = 255, 255, 255, 255  # a white frame, busy inside
     assert white_border(Image.fromarray(framed)) == 1.0
     cut = remove_background(big, AutoBackend(GrabCutBackend()))
-    assert not cut.removed and cut.seconds < 0.5  # generous: measured about 10 ms for 12 MP
+    assert not cut.removed and cut.seconds < 0.5  # generous: measured 18 ms for 12 MP (0.07 ms at 60x80)
 
 
 def test_auto_removes_exactly_as_its_remover_does():
