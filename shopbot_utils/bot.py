@@ -306,8 +306,9 @@ class ShopBot:
         any other; ``True`` always cuts it out (ISNet, else GrabCut); ``False`` or ``"none"`` never
         does; ``"isnet"``, ``"grabcut"`` or ``"modnet"`` always cut out with that backend. A cut-out
         is put on white like the catalogue and cropped to the product; ``cut_out`` shows what was done.
-        Measured in ``benchmarks/bench_background.py``: auto scores as "always" on pasted-background
-        photos and as "never" on catalogue photos, and skips the cut-out's time on packshots.
+        Measured on 300 test products (``benchmarks/bench_background.py``): auto cut every pasted-background
+        photo out, scoring exactly as always (poster score 0.817; never 0.422); of their catalogue photos it
+        cut out 5, scoring 0.927 (never 0.934, always 0.885) in 0.02 s a photo instead of always's 1.17.
         ``where``: only products with these attributes (``{"baseColour": "Black"}``; see ``where_mask``),
         searched inside the index. ``class_prior``: weight of log p(query's type = product's type).
         """
