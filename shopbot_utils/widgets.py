@@ -104,7 +104,7 @@ class ChatApp:
             value=self.conversation.remove_background, description="Remove background:",
             tooltips=["Only from photos that need it: a product on white is searched as it is",
                       "Cut the product out of every photo before searching", "Search with the photo as it is"],
-            style={"description_width": "initial", "button_width": "48px"})
+            style={"description_width": "initial", "button_width": "48px"}, layout=w.Layout(width="auto"))
         self.remove_background.observe(self._on_switch, "value")
         self.remove_background.add_class("shopbot-background-switch")
         self.preview = w.HBox(layout=w.Layout(display="none"))
