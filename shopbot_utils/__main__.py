@@ -1,10 +1,11 @@
-"""Command line: ``python -m shopbot_utils {similar,search,classify,ask,data,build,report,golden,book,colab,download}``."""
+"""Command line: ``python -m shopbot_utils {similar,classify,refine,more-like,search,ask,data,build,report,golden,book,colab,download}``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from . import config
 from .data import CatalogueNotFoundError, ImageError
@@ -12,18 +13,41 @@ from .downloads import DownloadError
 from .text import NLTKDataError
 from .vision import BACKBONES, ArtifactError
 
+#: ``--background`` choices: ``auto`` removes the background only from photos that do not already look
+#: like a catalogue packshot; the others always use that backend (``none``: never remove it).
+BACKGROUND_CHOICES = ("auto", "none", "isnet", "grabcut", "modnet")
+
+
+def _background_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--background", choices=BACKGROUND_CHOICES, default="auto",
+                        help="what to do with the photo's background: auto (default) removes it unless the photo "
+                             "already looks like a catalogue packshot; none keeps it; isnet, grabcut, modnet "
+                             "always remove it with that backend")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shopbot_utils", description="ShopBot from the command line.")
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SHOPBOT_ARTIFACTS or ./artifacts)")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("similar", help="catalogue products similar to an image")
+    s = sub.add_parser("similar", help="catalogue products similar to a photo")
     s.add_argument("image")
     s.add_argument("-k", type=int, default=5, help="how many products (default 5)")
+    _background_option(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    c = sub.add_parser("classify", help="the article type of an image")
+    c = sub.add_parser("classify", help="the article type of a photo")
     c.add_argument("image")
     c.add_argument("--top", type=int, default=5)
+    _background_option(c)
+    f = sub.add_parser("refine", help='products like a photo or a product, with what the text asks ("in black")')
+    f.add_argument("anchor", metavar="ID_OR_PHOTO", help="a catalogue product id or a photo")
+    f.add_argument("text", help='what to change, e.g. "in black" or "for women"')
+    f.add_argument("-k", type=int, default=5, help="how many products (default 5)")
+    _background_option(f)
+    f.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    m = sub.add_parser("more-like", help="catalogue products that look like product ID (never itself)")
+    m.add_argument("id", type=int, metavar="ID")
+    m.add_argument("-k", type=int, default=5, help="how many products (default 5)")
+    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = sub.add_parser("ask", help="answer a shopper's message (intent, confidence, reply)")
     a.add_argument("text")
     a.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -117,35 +141,57 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.productDisplayName}")
             return 0
         if args.command == "classify":
-            for name, p in bot.classify(args.image, top=args.top):
+            cut = bot.cut_out(args.image, args.background)
+            print(cut.note)
+            for name, p in bot.classify(cut.query(), top=args.top, remove_background=False):
                 print(f"{p:6.3f}  {name}")
             return 0
+        cut = None
         if args.command == "search":
             products = bot.search(args.text, k=args.k)
-            if args.json:
-                print(json.dumps({"understood": products.understood, "relaxed": products.relaxed,
-                                  "message": products.message, "reply": products.reply, "ignored": products.ignored,
-                                  "products": [p.as_dict() for p in products]}, indent=1))
-                return 0
-            understood = "; ".join(f"{k}: {', '.join(v)}" for k, v in products.understood.items())
-            print(f"understood: {understood or 'nothing specific'}")
-            if products.reply:
-                print(products.reply)
-        else:
-            products = bot.similar(args.image, k=args.k)
-            if args.json:
-                print(json.dumps([p.as_dict() for p in products], indent=1))
-                return 0
-        print(f"{'score':>6}  {'id':>6}  {'articleType':<18} {'colour':<12} {'gender':<7} name")
-        for p in products:
-            notes = ([f"+{p.duplicates} similar listings"] if p.duplicates else []) + \
-                ([f"near match: {p.near_match}"] if p.near_match else [])
-            print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.gender:<7} "
-                  f"{p.productDisplayName}" + (f"  ({'; '.join(notes)})" if notes else ""))
+        elif args.command == "more-like":
+            products = bot.similar(args.id, k=args.k)
+        elif args.command == "refine" and _product_id(args.anchor) is not None:
+            products = bot.refine(_product_id(args.anchor), args.text, k=args.k)
+        else:  # a photo: its background is dealt with here, so that the output can say what was done
+            cut = bot.cut_out(args.image if args.command == "similar" else args.anchor, args.background)
+            products = (bot.similar(cut.query(), k=args.k, remove_background=False) if args.command == "similar"
+                        else bot.refine(cut.query(), args.text, k=args.k, remove_background=False))
+        _show(products, cut, args.json)
         return 0
     except (ImageError, ArtifactError, CatalogueNotFoundError, NLTKDataError, DownloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _product_id(anchor: str) -> int | None:
+    """``refine``'s ``ID_OR_PHOTO`` as a product id: digits that name no file."""
+    return int(anchor) if anchor.strip().isdigit() and not Path(anchor).exists() else None
+
+
+def _show(products: list, cut=None, as_json: bool = False) -> None:
+    """Print products as a table (or JSON), after what was done to the photo's background (``cut``)
+    and, for a search or refinement, what was understood."""
+    understood = getattr(products, "understood", None)  # search() and refine() return Results
+    if as_json:
+        out = {} if cut is None else {"background": {"removed": cut.removed, "backend": cut.backend, "note": cut.note}}
+        if understood is not None:
+            out |= {"understood": understood, "relaxed": products.relaxed, "message": products.message,
+                    "reply": products.reply, "ignored": products.ignored}
+        print(json.dumps(out | {"products": [p.as_dict() for p in products]}, indent=1))
+        return
+    if cut is not None:
+        print(cut.note)
+    if understood is not None:
+        print("understood: " + ("; ".join(f"{k}: {', '.join(v)}" for k, v in understood.items()) or "nothing specific"))
+        if products.reply:
+            print(products.reply)
+    print(f"{'score':>6}  {'id':>6}  {'articleType':<18} {'colour':<12} {'gender':<7} name")
+    for p in products:
+        notes = ([f"+{p.duplicates} similar listings"] if p.duplicates else []) + \
+            ([f"near match: {p.near_match}"] if p.near_match else [])
+        print(f"{p.score:6.3f}  {p.id:>6}  {p.articleType:<18} {p.baseColour:<12} {p.gender:<7} "
+              f"{p.productDisplayName}" + (f"  ({'; '.join(notes)})" if notes else ""))
 
 
 if __name__ == "__main__":

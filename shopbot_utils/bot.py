@@ -268,9 +268,12 @@ class ShopBot:
             return where
         return self.text_search.mask(where)
 
-    def classify(self, image: ImageInput, top: int | None = None) -> list[tuple[str, float]]:
-        """``[(articleType, probability), ...]`` best first (all classes, or the ``top`` best)."""
+    def classify(self, image: ImageInput, top: int | None = None,
+                 remove_background: bool | str = "auto") -> list[tuple[str, float]]:
+        """``[(articleType, probability), ...]`` best first (all classes, or the ``top`` best);
+        ``remove_background`` as in ``similar``."""
         self._need_vision()
+        image = self.cut_out(image, remove_background).query()
         probs = predict_proba(self.model, [image], tuple(self.info.image_size))[0]
         order = np.argsort(-probs)[:top]
         return [(self.info.classes[i], float(probs[i])) for i in order]
@@ -310,14 +313,14 @@ class ShopBot:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def anchor_vector(self, anchor: ImageInput | int, remove_background: bool | str = False) -> np.ndarray:
+    def anchor_vector(self, anchor: ImageInput | int, remove_background: bool | str = "auto") -> np.ndarray:
         """The embedding of a photo, or of catalogue product ``anchor`` (an id: its saved embedding)."""
         self._need_vision()
         if _is_product_id(anchor):
             if anchor not in self._position.index:
                 raise ValueError(f"no product with id {anchor} in the catalogue")
             return self.stored_embeddings([anchor])[0]
-        return self.embed(self._prepared(anchor, remove_background))
+        return self.embed(self.cut_out(anchor, remove_background).query())
 
     def positions(self, ids: Sequence[int]) -> np.ndarray:
         """Where products ``ids`` are in the index (rows of ``index.vectors``); KeyError for unknown ids."""
@@ -329,13 +332,13 @@ class ShopBot:
         return self.index.vectors[pos] * self.norms[pos, None]
 
     @staticmethod
-    def _prepared(image: ImageInput, remove_background: bool | str) -> ImageInput:
-        """The photo with its background removed when asked (see ``similar``)."""
-        if not remove_background:
-            return image
-        from .background import prepare_query
+    def cut_out(image: ImageInput, remove_background: bool | str = "auto"):
+        """What happens to a photo before it is embedded (see ``similar``): a ``background.Cutout``
+        whose ``query()`` is the image embedded and whose ``removed``/``note`` say whether the
+        background was removed."""
+        from .background import remove_background as cut
 
-        return prepare_query(image, "auto" if remove_background is True else remove_background)
+        return cut(image, remove_background)
 
     def type_log_proba(self, vectors: np.ndarray) -> np.ndarray:
         """log p(type) for embeddings (n, dim) -> (n, classes), from the trained head's own last layers."""
@@ -358,14 +361,20 @@ class ShopBot:
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(adjusted, order, axis=1)
 
     def similar(self, image: ImageInput | int, k: int = 5, index: str | Index | None = None,
-                remove_background: bool | str = False, where: dict | Query | np.ndarray | None = None,
+                remove_background: bool | str = "auto", where: dict | Query | np.ndarray | None = None,
                 class_prior: float = CLASS_PRIOR, collapse: bool = True) -> list[Product]:
         """The ``k`` catalogue products most similar to ``image``, best first.
 
         ``image``: a photo (path, bytes, PIL) or a catalogue product id ("more like this": that
-        product itself is left out). ``index``: see ``get_index``. ``remove_background``: for shoppers'
-        photos, ``True`` (the ``auto`` backend) or a backend name (``isnet``, ``modnet``, ``grabcut``,
-        ``none``): the product is cut out, put on white like the catalogue and cropped before embedding.
+        product itself is left out). ``index``: see ``get_index``. ``remove_background``: what to do
+        with a photo's background before embedding it. ``"auto"`` (the default) keeps a photo that
+        already looks like a catalogue packshot (its border mostly white) and cuts the product out of
+        any other; ``True`` always cuts it out (ISNet, else GrabCut); ``False`` or ``"none"`` never
+        does; ``"isnet"``, ``"grabcut"`` or ``"modnet"`` always cut out with that backend. A cut-out
+        is put on white like the catalogue and cropped to the product; ``cut_out`` shows what was done.
+        Measured on 300 test products (``benchmarks/bench_background.py``): auto cut every pasted-background
+        photo out, scoring exactly as always (poster score 0.817; never 0.422); of their catalogue photos it
+        cut out 5, scoring 0.927 (never 0.934, always 0.885) in 0.02 s a photo instead of always's 1.17.
         ``where``: only products with these attributes (``{"baseColour": "Black"}``; see ``where_mask``),
         searched inside the index. ``class_prior``: weight of log p(query's type = product's type).
         ``collapse``: one card per item (``duplicates``): the other listings of an item are counted
@@ -422,25 +431,26 @@ class ShopBot:
         return _products(self.products.loc[ids[keep]], scores[keep], [self.index.ids[o] for o in others])
 
     def refine(self, anchor: ImageInput | int, text: str, k: int = 5, index: str | Index | None = None,
-               remove_background: bool | str = False, query: Query | None = None) -> Results:
+               remove_background: bool | str = "auto", query: Query | None = None) -> Results:
         """"Like this, but in black": products that look like ``anchor`` (a photo or a product id) and
         have what ``text`` asks for. The anchor's article type is kept unless ``text`` names another;
-        when nothing has it all, constraints are dropped one at a time (``.relaxed``, ``.message``)."""
+        when nothing has it all, constraints are dropped one at a time (``.relaxed``, ``.message``).
+        ``remove_background``: for a photo, as in ``similar``."""
         self._need_vision()
         query = parse_query(text) if query is None else query
         if not _is_product_id(anchor):
-            anchor, remove_background = self._prepared(anchor, remove_background), False
+            anchor = self.cut_out(anchor, remove_background).query()
         if "articleType" not in query.include:
             if _is_product_id(anchor):
                 self.anchor_vector(anchor)  # a clear error for an unknown id
                 kind = self.products.loc[int(anchor), "articleType"]
             else:
-                kind = self.classify(anchor, top=1)[0][0]
+                kind = self.classify(anchor, top=1, remove_background=False)[0][0]
             query = Query(query.text, {"articleType": [kind], **query.include}, query.exclude, query.ignored)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
         mask, asked, relaxed, looser = self.text_search.first_tier(query)
-        vector, engine = self.anchor_vector(anchor), self.get_index(index)
+        vector, engine = self.anchor_vector(anchor, remove_background=False), self.get_index(index)
         own = self.positions([anchor]) if _is_product_id(anchor) else []
         products: list[Product] = []
         shown = np.zeros(len(mask), bool)

@@ -4,7 +4,8 @@ A ``Conversation`` over a ``ShopBot`` takes the shopper's turn (text, a photo as
 "more like this" on a product, "show more", a quick reply, "new chat") and returns the bot's turn: text,
 the photo's cut-out, products and quick replies. It keeps the context a shopper expects: after a
 search (by photo or by words), "in black", "for women" or "sports ones" refines *those* results;
-"more like this" searches from a result's own embedding; "start over" clears. Bad input (an empty
+"more like this" searches from a result's own embedding; "start over" clears. The background switch
+(``remove_background``: auto, on, off) says what happens to a photo's background. Bad input (an empty
 or 10,000-character message, a 0-byte, corrupt, huge or non-image file) gets a bot turn saying what
 was wrong, never an exception, and the conversation carries on.
 """
@@ -23,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from .artifacts import append_line, write_atomic
-from .background import prepare_query
+from .background import AutoBackend, Backend, NoBackend
 from .bot import Product, ShopBot
 from .config import logger
 from .data import ImageError, load_image
@@ -47,6 +48,9 @@ CHAT_ISNET_SIZE = 512
 #: The feedback log is rotated when it reaches this size, keeping ``FEEDBACK_BACKUPS`` older files (25 MB in all).
 FEEDBACK_MAX_BYTES = 5 * 2**20
 FEEDBACK_BACKUPS = 4
+#: The background switch: ``auto`` removes it only from photos that do not already look like a
+#: catalogue packshot (``background.AutoBackend``), ``on`` from every photo, ``off`` from none.
+SWITCH = ("auto", "on", "off")
 EXAMPLE_PHOTO = "Find shoes like mine"
 START_OVER = "Start over"
 #: What a first-time shopper can try (the greeting's chips).
@@ -77,6 +81,8 @@ class Turn:
     #: The products' scores are image cosine similarities (photo searches), not text-search ranks.
     similarity: bool = False
     id: int = 0
+    #: For a photo search: what was done to the photo's background ("background kept: ...").
+    background: str = ""
 
 
 class FeedbackError(RuntimeError):
@@ -141,12 +147,16 @@ class Conversation:
     ``catalogue``: what gives product images (``Catalogue``; default: ``load_catalogue()`` when the
     catalogue is found, else cards have no pictures). ``feedback_log``: the JSON-lines file thumbs
     up/down are appended to (default ``<artifacts>/feedback.jsonl``). ``example_id``: the product whose
-    photo the "Find shoes like mine" chip sends (default: a test-split shoe)."""
+    photo the "Find shoes like mine" chip sends (default: a test-split shoe). ``background``: the
+    backend (or name) that cuts products out (default ISNet at ``CHAT_ISNET_SIZE``, else GrabCut);
+    ``remove_background``: the switch, one of ``SWITCH`` (default ``auto``)."""
 
     def __init__(self, bot: ShopBot, catalogue=None, feedback_log: str | Path | None = None,
-                 thumbnails: Thumbnails | None = None, example_id: int | None = None, background=None):
+                 thumbnails: Thumbnails | None = None, example_id: int | None = None, background=None,
+                 remove_background: bool | str = "auto"):
         self.bot = bot
         self._background = background
+        self._switch = _switch(remove_background)
         folder = bot.folder or Path(".")
         self.feedback_log = Path(feedback_log) if feedback_log is not None else folder / "feedback.jsonl"
         if catalogue is None:
@@ -161,14 +171,34 @@ class Conversation:
         self.new_chat()
 
     @property
-    def background(self):
-        """The background-removal backend (default: ISNet at ``CHAT_ISNET_SIZE``, else GrabCut)."""
+    def background(self) -> Backend:
+        """The backend that cuts products out when the switch says so (default: ISNet at
+        ``CHAT_ISNET_SIZE``, else GrabCut)."""
         if self._background is None or isinstance(self._background, str):
-            from .background import get_backend
+            from .background import best_backend, get_backend
 
             name = self._background or "auto"
-            self._background = get_backend(name, size=CHAT_ISNET_SIZE) if name in ("auto", "isnet") else get_backend(name)
+            if name == "auto":
+                self._background = best_backend(size=CHAT_ISNET_SIZE)
+            else:
+                self._background = get_backend(name, size=CHAT_ISNET_SIZE) if name == "isnet" else get_backend(name)
         return self._background
+
+    @property
+    def remove_background(self) -> str:
+        """The background switch: ``auto``, ``on`` or ``off`` (``SWITCH``; True and False also set it)."""
+        return self._switch
+
+    @remove_background.setter
+    def remove_background(self, value: bool | str) -> None:
+        self._switch = _switch(value)
+
+    def backend_for(self, switch: bool | str | None = None) -> Backend:
+        """The backend a photo goes through for a position of the switch (default: the current one)."""
+        switch = self._switch if switch is None else _switch(switch)
+        if switch == "off":
+            return NoBackend()
+        return AutoBackend(self.background) if switch == "auto" else self.background
 
     def warm_up(self) -> float:
         """Load every model a first turn would wait for (intents, MiniLM, the background model); seconds."""
@@ -186,10 +216,11 @@ class Conversation:
 
     # ------------------------------------------------------------------ what the shopper does
     def send(self, text: str = "", photo: bytes | None = None, filename: str = "",
-             remove_background: bool = True) -> Turn:
+             remove_background: bool | str | None = None) -> Turn:
         """The shopper sends ``text`` and/or a ``photo`` (the uploaded bytes). With a photo, the bot
-        removes its background (unless ``remove_background`` is False), shows the cut-out and the most
-        similar products, refined by the text when it asks for something ("in black")."""
+        removes its background as the switch says (``remove_background``: one of ``SWITCH``, True for
+        on, False for off; default: the conversation's switch), shows the cut-out when there is one and
+        the most similar products, refined by the text when it asks for something ("in black")."""
         text = "" if text is None else str(text)
         upload = None if photo is None else _decode_upload(photo)  # (image, None) or (None, what is wrong)
         shown_photo = thumbnail_jpeg(upload[0]) if upload is not None and upload[0] is not None else None
@@ -211,7 +242,7 @@ class Conversation:
             return self._add(self._error("The example photo is not available here (the catalogue's images "
                                          "were not found). Upload a photo of your own."))
         path = Path(self.catalogue.image_path(self.example_id))
-        return self.send(photo=path.read_bytes(), filename=f"example photo ({path.name})", remove_background=True)
+        return self.send(photo=path.read_bytes(), filename=f"example photo ({path.name})")
 
     def more_like_this(self, product_id: int) -> Turn:
         """Products that look like catalogue product ``product_id`` (never itself)."""
@@ -300,7 +331,7 @@ class Conversation:
         return record
 
     # ------------------------------------------------------------------ answering
-    def _respond(self, text: str, upload: tuple | None, remove_background: bool) -> Turn:
+    def _respond(self, text: str, upload: tuple | None, remove_background: bool | str | None) -> Turn:
         stripped = text.strip()
         if upload is None and not stripped:
             return self._error("Type a question, or choose a photo to search with.")
@@ -327,18 +358,19 @@ class Conversation:
             return self._search(stripped)
         return self._answer_text(reply.text, intent=reply.intent)
 
-    def _photo(self, image: Image.Image, text: str, remove_background: bool) -> Turn:
-        prepared = prepare_query(image, self.background) if remove_background else image
+    def _photo(self, image: Image.Image, text: str, remove_background: bool | str | None) -> Turn:
+        cut = self.bot.cut_out(image, self.backend_for(remove_background))
+        prepared = cut.query()  # embedded as it is from here on: the background is dealt with
         query = parse_query(text)
         self._context = {"anchor": prepared, "query": query}
-        cutout = thumbnail_jpeg(prepared, 2 * THUMB_PX) if remove_background else None
+        cutout = thumbnail_jpeg(prepared, 2 * THUMB_PX) if cut.removed else None
         if query.fields:
-            turn = self._products(lambda k: self.bot.refine(prepared, text, k, query=query),
+            turn = self._products(lambda k: self.bot.refine(prepared, text, k, remove_background=False, query=query),
                                   "products like your photo", intro_from_results=True)
         else:
-            turn = self._products(lambda k: self.bot.similar(prepared, k), "the most similar products",
-                                  intro_from_results=True)
-        turn.photo = cutout
+            turn = self._products(lambda k: self.bot.similar(prepared, k, remove_background=False),
+                                  "the most similar products", intro_from_results=True)
+        turn.photo, turn.background = cutout, cut.note
         if turn.products:  # "in black" keeps the type the reply named ("they look like ...")
             self._context["kind"] = _main_type(turn.products)
         return turn
@@ -359,8 +391,8 @@ class Conversation:
             return self._search(combined.text, combined)
         if "articleType" not in combined.include and context.get("kind"):
             combined = Query(combined.text, {"articleType": [context["kind"]], **combined.include}, combined.exclude)
-        return self._products(lambda k: self.bot.refine(anchor, text, k, query=combined), "the closest ones",
-                              intro_from_results=True)
+        return self._products(lambda k: self.bot.refine(anchor, text, k, remove_background=False, query=combined),
+                              "the closest ones", intro_from_results=True)
 
     def _search(self, text: str, query: Query | None = None) -> Turn:
         def fetch(k: int):
@@ -468,6 +500,15 @@ def _decodes(data: bytes) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any decoding failure means: make it again
         return False
+
+
+def _switch(value: bool | str) -> str:
+    """A position of the background switch (``SWITCH``); True is on, False off."""
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    if value not in SWITCH:
+        raise ValueError(f"the background switch is one of {', '.join(SWITCH)}, got {value!r}")
+    return value
 
 
 def _main_type(products: Sequence[Product]) -> str:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import ipywidgets as w
 
-from .chat import EXAMPLE_PHOTO, MAX_UPLOAD_BYTES, Conversation, FeedbackError, Turn, thumbnail_jpeg
+from .chat import EXAMPLE_PHOTO, MAX_UPLOAD_BYTES, SWITCH, Conversation, FeedbackError, Turn, thumbnail_jpeg
 from .data import ImageError, load_image
 
 CSS = """
@@ -99,9 +99,15 @@ class ChatApp:
                                    tooltip="Choose a photo of a product to find similar ones")
         self.upload.observe(self._on_upload, "value")
         self.upload.add_class("shopbot-photo")
-        self.remove_background = w.Checkbox(value=True, description="Remove background", indent=False,
-                                            tooltip="Cut the product out of the photo before searching (best for photos "
-                                                    "taken in the wild)", layout=w.Layout(width="auto"))
+        # The background switch: auto (only photos that need it), on, off; the conversation keeps it.
+        self.remove_background = w.ToggleButtons(
+            options=[(label, value) for label, value in zip(("Auto", "On", "Off"), SWITCH)],
+            value=self.conversation.remove_background, description="Remove background:",
+            tooltips=["Only from photos that need it: a product on white is searched as it is",
+                      "Cut the product out of every photo before searching", "Search with the photo as it is"],
+            style={"description_width": "initial", "button_width": "48px"}, layout=w.Layout(width="auto"))
+        self.remove_background.observe(self._on_switch, "value")
+        self.remove_background.add_class("shopbot-background-switch")
         self.preview = w.HBox(layout=w.Layout(display="none"))
         self.preview.add_class("shopbot-preview")
         self.composer = w.VBox([self.preview, w.HBox([self.text, self.send_button]),
@@ -131,8 +137,10 @@ class ChatApp:
         if photo is None:
             return self._run(lambda: self.conversation.send(text), Turn("shopper", text=text))
         echo = Turn("shopper", text=text, photo=photo["thumb"], filename=photo["name"])
-        return self._run(lambda: self.conversation.send(text, photo["content"], photo["name"],
-                                                        remove_background=self.remove_background.value), echo)
+        return self._run(lambda: self.conversation.send(text, photo["content"], photo["name"]), echo)
+
+    def _on_switch(self, change):
+        self.conversation.remove_background = change["new"]
 
     def _on_text_msg(self, _widget, content, _buffers):
         if content.get("event") == "submit":  # Enter in the text box
@@ -209,7 +217,10 @@ class ChatApp:
         if turn.photo is not None:
             alt = (f"your photo {turn.filename}" if shopper else "your photo with the background removed")
             parts.append(w.HTML(_img(turn.photo, alt, "border-radius:6px;max-width:160px;max-height:160px")))
-        elif shopper and turn.filename:
+        if turn.background:
+            parts.append(w.HTML(f'<div class="shopbot-name shopbot-background-note">'
+                                f'{html.escape(turn.background[:1].upper() + turn.background[1:])}.</div>'))
+        if turn.photo is None and shopper and turn.filename:
             parts.append(w.HTML(_text(f"[file: {turn.filename}]")))
         if turn.text:
             prefix = "Sorry: " if turn.kind == "error" and not turn.text.startswith("Sorry") else ""

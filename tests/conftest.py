@@ -136,3 +136,19 @@ def chat_artifacts(tmp_path_factory, small_artifacts):
     build_intents(folder, bitext=None, clinc=None, baseline=False)
     build_text_search(folder)
     return folder
+
+
+def tiny_modnet(path, names=("input", "output")):
+    """An ONNX graph with MODNet's contract: matte = sigmoid(10 * mean over RGB of the scaled input)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", [names[0], "axes"], ["m"], keepdims=1),
+         helper.make_node("Mul", ["m", "ten"], ["s"]), helper.make_node("Sigmoid", ["s"], [names[1]])],
+        "tiny_modnet",
+        [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info(names[1], TensorProto.FLOAT, [1, 1, "h", "w"])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path

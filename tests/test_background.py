@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from shopbot_utils import background as bg
-from shopbot_utils.background import (BackgroundModelError, GrabCutBackend, IsnetBackend, ModnetBackend, NoBackend,
-                                      get_backend, remove_background)
-from shopbot_utils.background_bench import iou, make_composite, make_composites
+from shopbot_utils.background import (AutoBackend, BackgroundModelError, GrabCutBackend, IsnetBackend, ModnetBackend,
+                                      NoBackend, get_backend, remove_background, resolve_backend, white_border)
+from shopbot_utils.background_bench import (decision_errors, iou, make_composite, make_composites, policy_scores,
+                                            run_policies)
 from shopbot_utils.data import ImageError
 
-from conftest import image_bytes, random_image
+from conftest import image_bytes, random_image, tiny_modnet
 
 #: Mean IoU floor for the default ISNet on the 10 composites below (measured: see the closing note).
 IOU_FLOOR = 0.7
@@ -38,22 +39,6 @@ def composites(catalogue):
     """Test-split-like products pasted on the sample photos (seeded)."""
     ids = catalogue.styles["id"].sample(10, random_state=3).tolist()
     return make_composites({i: catalogue.image_path(i) for i in ids}, seed=5)
-
-
-def tiny_modnet(path, names=("input", "output")):
-    """An ONNX graph with MODNet's contract: matte = sigmoid(10 * mean over RGB of the scaled input)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", [names[0], "axes"], ["m"], keepdims=1),
-         helper.make_node("Mul", ["m", "ten"], ["s"]), helper.make_node("Sigmoid", ["s"], [names[1]])],
-        "tiny_modnet",
-        [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [1, 3, "h", "w"])],
-        [helper.make_tensor_value_info(names[1], TensorProto.FLOAT, [1, 1, "h", "w"])],
-        [helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
-    return path
 
 
 def test_grabcut_on_a_known_mask():
@@ -132,7 +117,8 @@ def test_auto_falls_back_to_grabcut_without_a_model(monkeypatch, tmp_path):
     monkeypatch.setenv("SHOPBOT_DOWNLOADS", str(tmp_path))
     get_backend.cache_clear()
     try:
-        assert get_backend("auto").name == "grabcut"
+        assert get_backend("auto").remover.name == "grabcut"
+        assert resolve_backend(True).name == "grabcut"
         with pytest.raises(BackgroundModelError, match="SHOPBOT_BG_MODEL"):
             get_backend("isnet")
     finally:
@@ -232,3 +218,149 @@ def test_a_large_photo_costs_little_memory(large_photos, photo, backend):
     added = json.loads(run.stdout.strip().splitlines()[-1])["added_mb"]
     print(f"{photo} via {backend}: {added:.0f} MB added peak")
     assert added < PHOTO_MEMORY_MB
+
+
+# --------------------------------------------------------------------------- auto: deciding per photo
+def _shirt(size=(240, 300)) -> np.ndarray:
+    """A T-shirt-like mask: a body and two sleeves, (H, W) bool."""
+    w, h = size
+    yy, xx = np.mgrid[:h, :w]
+    body = (abs(xx - w / 2) < w * 0.22) & (yy > h * 0.2) & (yy < h * 0.85)
+    sleeves = (abs(xx - w / 2) < w * 0.38) & (yy > h * 0.2) & (yy < h * 0.42)
+    return body | sleeves
+
+
+def white_packshot():
+    """A red product on white, as the catalogue shows it."""
+    mask = _shirt()
+    img = np.full(mask.shape + (3,), 255, np.uint8)
+    img[mask] = (190, 30, 40)
+    return Image.fromarray(img), mask
+
+
+def on_texture():
+    """The same product on a textured background (a brick-like pattern with noise)."""
+    mask = _shirt()
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:mask.shape[0], :mask.shape[1]]
+    brick = np.where(((yy // 20) % 2 == 0) ^ ((xx // 40) % 2 == 0), 150, 110)
+    img = np.stack([brick + 20, brick, brick - 30], -1) + rng.normal(0, 12, mask.shape + (3,))
+    img[mask] = (190, 30, 40)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), mask
+
+
+def white_on_white():
+    """A white product on white: only a light-grey outline and shading tell it apart."""
+    from scipy import ndimage
+
+    mask = _shirt()
+    img = np.full(mask.shape + (3,), 255, np.uint8)
+    img[mask] = 246
+    img[mask & ~ndimage.binary_erosion(mask, iterations=2)] = 200  # its outline
+    return Image.fromarray(img), mask
+
+
+def cut_by_the_frame():
+    """A product on white that runs off the bottom of the photo (a model's legs, a long dress)."""
+    mask = np.zeros((300, 240), bool)
+    mask[60:, 70:170] = True
+    img = np.full(mask.shape + (3,), 255, np.uint8)
+    img[mask] = (30, 40, 120)
+    return Image.fromarray(img), mask
+
+
+def transparent_png():
+    """A cut-out a shopper saved as a transparent PNG (load_image puts it on white)."""
+    img, mask = white_packshot()
+    rgba = img.convert("RGBA")
+    rgba.putalpha(Image.fromarray(mask.astype(np.uint8) * 255))
+    return image_bytes(rgba, "PNG"), mask
+
+
+@pytest.mark.parametrize("make, removed", [
+    (white_packshot, False), (on_texture, True), (white_on_white, False), (cut_by_the_frame, False),
+    (transparent_png, False),
+])
+def test_auto_removes_the_background_only_when_the_photo_needs_it(make, removed):
+    photo, mask = make()
+    cut = remove_background(photo, AutoBackend(GrabCutBackend()))
+    assert cut.removed is removed and cut.backend == ("grabcut" if removed else "none")
+    assert cut.border is not None and (cut.border < bg.PACKSHOT_BORDER) is removed
+    if removed:
+        assert cut.note == "background removed with grabcut" and iou(cut.mask, mask) >= 0.9
+        assert cut.query().size != cut.image.size  # on white, cropped to the product
+    else:
+        assert cut.note.startswith("background kept: the photo already looks like a catalogue photo")
+        assert cut.query() is cut.image and cut.mask.min() == 1.0  # nothing is lost, not even a white product
+
+
+def test_the_check_is_cheap_and_reads_only_the_border():
+    photo, _ = white_packshot()
+    big = photo.resize((3000, 4000))
+    assert white_border(big) == pytest.approx(white_border(photo), abs=0.02)
+    framed = np.asarray(on_texture()[0]).copy()
+    framed[:24], framed[-24:], framed[:, :24], framed[:, -24:] = 255, 255, 255, 255  # a white frame, busy inside
+    assert white_border(Image.fromarray(framed)) == 1.0
+    cut = remove_background(big, AutoBackend(GrabCutBackend()))
+    assert not cut.removed and cut.seconds < 0.5  # generous: measured 18 ms for 12 MP (0.07 ms at 60x80)
+
+
+def test_auto_removes_exactly_as_its_remover_does():
+    """What the benchmark relies on: where auto removes, its cut-out is the remover's."""
+    photo, _ = on_texture()
+    grabcut = GrabCutBackend()
+    auto, always = remove_background(photo, AutoBackend(grabcut)), remove_background(photo, grabcut)
+    assert np.array_equal(auto.mask, always.mask) and np.array_equal(np.asarray(auto.query()), np.asarray(always.query()))
+    assert AutoBackend(grabcut).choose(white_packshot()[0]).name == "none"
+    assert np.array_equal(AutoBackend(grabcut).mask(photo), grabcut.mask(photo))
+
+
+def test_what_remove_background_accepts():
+    photo, _ = on_texture()
+    assert isinstance(resolve_backend("auto"), AutoBackend) and isinstance(resolve_backend(False), NoBackend)
+    assert isinstance(resolve_backend(None), NoBackend) and resolve_backend("grabcut").name == "grabcut"
+    grabcut = GrabCutBackend()
+    assert resolve_backend(grabcut) is grabcut
+    assert remove_background(photo, False).note == "background kept: removal is off"
+    assert remove_background(random_image((10, 12)), "grabcut").note.startswith("background kept: the photo is under")
+    for bad in ("magic", 3, "on"):
+        with pytest.raises(ValueError, match="unknown background-removal backend|remove_background must be"):
+            remove_background(photo, bad)
+    with pytest.raises(ValueError, match="fraction of the border"):
+        AutoBackend(grabcut, threshold=0)
+
+
+def test_auto_policy_measurement(bot, catalogue):
+    """The benchmark's auto section on 4 of the small bot's products: decisions, time and scores."""
+    ids = [int(i) for i in bot.index.ids[::97][:4]]
+    pasted = make_composites({i: catalogue.image_path(i) for i in ids}, seed=2)
+    runs = {"clean catalogue photo": run_policies([catalogue.image_path(i) for i in ids], GrabCutBackend()),
+            "pasted background": run_policies([c.image for c in pasted], GrabCutBackend())}
+    decisions = decision_errors(runs).set_index("photos")
+    assert decisions.loc["pasted background", "wrong decisions"] == 0  # every composite is cut out
+    assert decisions.loc["clean catalogue photo", "check_ms_p50"] < 50
+    split = bot_split(bot, ids)
+    scores = policy_scores(bot, split, ids, runs).set_index(["photos", "policy"])
+    assert len(scores) == 6 and scores["poster_score"].between(0, 1).all()
+    assert scores.loc[("pasted background", "auto"), "poster_score"] == scores.loc[("pasted background", "always"),
+                                                                                    "poster_score"]
+    always = scores.loc[("clean catalogue photo", "always"), "seconds_per_photo"]
+    assert scores.loc[("clean catalogue photo", "auto"), "saved_vs_always_s"] == pytest.approx(
+        always - scores.loc[("clean catalogue photo", "auto"), "seconds_per_photo"])
+    assert scores.loc[("pasted background", "always"), "minus_always"] == 0.0
+
+
+def bot_split(bot, ids):
+    """A split where ``ids`` are the test products and everything else in the bot's index is the gallery."""
+    rows = bot.products.loc[bot.index.ids, ["id", "articleType", "subCategory"]].reset_index(drop=True)
+    return rows.assign(split=np.where(rows["id"].isin(ids), "test", "train"))
+
+
+def test_similar_with_auto_is_similar_on_the_prepared_photo(bot, composites):
+    photo = composites[1].image
+    cut = bot.cut_out(photo, "grabcut")
+    assert bot.similar(photo, k=3, remove_background="grabcut") == bot.similar(cut.query(), k=3, remove_background=False)
+    packshot, _ = white_packshot()
+    assert bot.similar(packshot, k=3) == bot.similar(packshot, k=3, remove_background=False)  # auto keeps it
+    assert [c for c, _ in bot.classify(packshot, top=2)] == [c for c, _ in bot.classify(packshot, top=2,
+                                                                                         remove_background="none")]

@@ -116,9 +116,9 @@ def test_cli_similar_classify_and_errors(small_artifacts, catalogue, capsys, tmp
     folder, pid = str(small_artifacts[0]), int(small_artifacts[1].valid["id"].iloc[0])
     assert main(["--artifacts", folder, "similar", str(catalogue.image_path(pid)), "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 and str(pid) in out[1]
+    assert len(out) == 5 and out[0].startswith("background kept") and str(pid) in out[2]  # a packshot: auto keeps it
     assert main(["--artifacts", folder, "classify", str(catalogue.image_path(1163)), "--top", "2"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert len(capsys.readouterr().out.splitlines()) == 3
     not_image = tmp_path / "notes.txt"
     not_image.write_text("shoes please")
     assert main(["--artifacts", folder, "similar", str(not_image)]) == 2

@@ -52,7 +52,7 @@ def test_chat_in_a_real_browser(voila, shots, chat_artifacts, catalogue):
     photo.write_bytes(catalogue.image_path(shoe).read_bytes())
     not_image = shots / "notes.txt"
     not_image.write_text("this is not a photo")
-    timings: dict[str, list[float]] = {"text_turn_s": [], "photo_turn_s": []}
+    timings: dict[str, list[float]] = {"text_turn_s": [], "photo_turn_s": [], "photo_turn_auto_s": []}
     blocked: list[str] = []
 
     with sync_playwright() as p:
@@ -69,12 +69,19 @@ def test_chat_in_a_real_browser(voila, shots, chat_artifacts, catalogue):
         page.wait_for_function("document.activeElement && document.activeElement.placeholder "
                                "&& document.activeElement.placeholder.startsWith('Ask a question')", timeout=5000)
 
-        # a photo through the file chooser, with its preview chip, then Send
+        # a photo through the file chooser, with its preview chip, then Send. The switch's default
+        # (Auto) searches a catalogue packshot as it is and says so; On cuts every photo out.
+        timings["photo_turn_auto_s"].append(photo_turn(page, photo))
+        assert "Background kept: the photo already looks like a catalogue photo" in bot_text(page)
+        cut_out = "img[alt='your photo with the background removed']"
+        assert page.locator(".shopbot-row-bot").last.locator(cut_out).count() == 0
+        page.locator(".shopbot-background-switch").get_by_role("button", name="On", exact=True).click()
         for _ in range(3):
             timings["photo_turn_s"].append(photo_turn(page, photo))
         last_bot = page.locator(".shopbot-row-bot").last
         assert 0 < last_bot.locator(".shopbot-card").count() <= 8
         assert last_bot.locator("img[alt='your photo with the background removed']").count() == 1
+        assert "Background removed with " in bot_text(page)
         assert page.locator(".shopbot-row-shopper img[alt='your photo shopper_photo.jpg']").count() >= 1
         page.locator(".shopbot-app").screenshot(path=str(shots / "chat_photo.png"))
 
@@ -117,3 +124,8 @@ def test_chat_in_a_real_browser(voila, shots, chat_artifacts, catalogue):
     report = {k: {"p50": float(np.median(v)), "max": float(np.max(v)), "n": len(v)} for k, v in timings.items()}
     (shots / "browser_timings.json").write_text(json.dumps(report, indent=1))
     print("browser turn times:", report)
+
+
+def bot_text(page) -> str:
+    """The text of the newest bot turn."""
+    return page.locator(".shopbot-row-bot").last.inner_text()

@@ -1,7 +1,6 @@
 """The chat's conversation logic (shopbot_utils.chat) on the small test artifacts, without widgets."""
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
@@ -10,8 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes, random_image
+from shopbot_utils.background_bench import make_composites
 from shopbot_utils.chat import (EXAMPLE_PHOTO, MAX_RESULTS, PAGE, START_OVER, STARTERS, Conversation, FeedbackError,
                                 Thumbnails)
+from shopbot_utils.data import ImageError, load_image
 from shopbot_utils.search import TYPE_NAMES, TYPE_NEIGHBOURS
 
 
@@ -142,9 +143,11 @@ def test_new_chat_and_start_over_clear_history_and_context(chat):
 def test_quick_replies_and_the_example_photo(chat):
     answer = chat.quick_reply("Track my order")
     assert answer.kind == "answer" and chat.turns[-2].text == "Track my order"
-    photo = chat.quick_reply(EXAMPLE_PHOTO)
-    assert photo.kind == "products" and photo.photo is not None
+    photo = chat.quick_reply(EXAMPLE_PHOTO)  # a catalogue packshot: the switch's auto keeps it as it is
+    assert photo.kind == "products" and photo.photo is None and photo.background.startswith("background kept")
     assert chat.turns[-2].filename.startswith("example photo")
+    chat.remove_background = "on"  # the chip follows the switch
+    assert chat.quick_reply(EXAMPLE_PHOTO).photo is not None
 
 
 def test_feedback_is_appended_as_json_lines(chat):
@@ -297,3 +300,48 @@ def test_a_short_page_is_filled_with_near_matches_and_says_so(chat, chat_bot):
     assert turn.products[:len(exact)] == exact  # near matches come after every exact one
     assert all(p.articleType in (kind, *TYPE_NEIGHBOURS.get(kind, [])) for p in turn.products)
     assert "near match" in turn.text
+
+
+def _street(catalogue, pid) -> bytes:
+    """Product ``pid`` pasted on a photo, as PNG bytes (a shopper's photo in the wild)."""
+    return image_bytes(make_composites({pid: catalogue.image_path(pid)}, seed=4)[0].image, "PNG")
+
+
+def test_the_background_switch_auto_on_off(chat, chat_bot, catalogue):
+    pid, packshot = _photo(catalogue, chat_bot, "Casual Shoes")
+    assert chat.remove_background == "auto"  # the default
+    kept = chat.send(photo=packshot, filename="shoe.jpg")
+    assert kept.kind == "products" and kept.photo is None
+    assert kept.background.startswith("background kept: the photo already looks like a catalogue photo")
+    street = chat.send(photo=_street(catalogue, pid), filename="street.png")
+    assert street.photo is not None and street.background.startswith("background removed with ")
+    on = chat.send(photo=packshot, filename="shoe.jpg", remove_background="on")
+    assert on.photo is not None and on.background == f"background removed with {chat.background.name}"
+    chat.remove_background = "off"
+    off = chat.send(photo=_street(catalogue, pid), filename="street.png")
+    assert off.photo is None and off.background == "background kept: removal is off"
+    assert chat.send(photo=packshot, remove_background=True).photo is not None  # True and False still work
+    assert chat.send(photo=packshot, remove_background=False).background == "background kept: removal is off"
+    # what auto keeps is searched exactly as the photo is
+    assert [p.id for p in kept.products] == [p.id for p in chat_bot.similar(packshot, PAGE, remove_background=False)]
+    with pytest.raises(ValueError, match="the background switch is one of auto, on, off"):
+        Conversation(chat_bot, catalogue=catalogue, remove_background="sometimes")
+
+
+@pytest.mark.parametrize("bad", [b"", b"%PDF-1.4 not a photo", "truncated"])
+def test_a_bad_photo_gets_the_same_message_as_everywhere(chat, bad):
+    if bad == "truncated":
+        bad = image_bytes(random_image((300, 300)))[:2000]
+    with pytest.raises(ImageError) as raised:
+        load_image(bad)
+    turn = chat.send(photo=bad, filename="bad.jpg")
+    assert turn.kind == "error" and turn.text == f"I could not use that file as a photo: {raised.value}."
+
+
+def test_the_switch_refuses_other_positions(chat):
+    chat.remove_background = True
+    assert chat.remove_background == "on" and chat.backend_for().name == chat.background.name
+    assert chat.backend_for("off").name == "none" and chat.backend_for("auto").name == "auto"
+    with pytest.raises(ValueError, match="the background switch is one of auto, on, off, got 'sometimes'"):
+        chat.remove_background = "sometimes"
+    assert chat.remove_background == "on"

@@ -95,7 +95,8 @@ def test_photo_upload_preview_send_cards_more_like_this(app, catalogue, chat_bot
     shopper = html_of(rows(app, "shopper")[-1])
     assert 'alt="your photo my shoe.jpg"' in shopper and "data:image/jpeg;base64," in shopper
     answer = rows(app, "bot")[-1]
-    assert "background removed" in html_of(answer)  # the cut-out is shown
+    # a catalogue packshot: the switch's default (auto) searches it as it is, and says so
+    assert "background removed" not in html_of(answer) and "Background kept: the photo already looks" in html_of(answer)
     cards = [c for c in walk(answer) if "shopbot-card" in getattr(c, "_dom_classes", ())]
     assert 0 < len(cards) <= 8 and all('alt="' in html_of(c) for c in cards)
     assert "similarity" in html_of(cards[0])
@@ -188,3 +189,25 @@ def test_cards_show_near_matches_and_open_their_collapsed_listings(app, chat_bot
     turn = app.conversation.turns[-1]
     assert turn.kind == "products" and tuple(p.id for p in turn.products) == others
     assert "More like this" in [b.description for b in buttons(rows(app, "bot")[-1])]
+
+
+def test_the_background_switch_offers_auto_on_off(app, catalogue, chat_bot):
+    switch = app.remove_background
+    assert isinstance(switch, w.ToggleButtons) and list(switch.options) == [("Auto", "auto"), ("On", "on"), ("Off", "off")]
+    assert switch.value == "auto" and app.conversation.remove_background == "auto"
+    pid = int(chat_bot.products[chat_bot.products["articleType"] == "Casual Shoes"].index[0])
+    data = catalogue.image_path(pid).read_bytes()
+    switch.value = "on"
+    assert app.conversation.remove_background == "on"
+    upload(app, "shoe.jpg", data)
+    app.send_button.click()
+    answer = html_of(rows(app, "bot")[-1])
+    assert 'alt="your photo with the background removed"' in answer and "Background removed with " in answer
+    switch.value = "off"
+    upload(app, "shoe.jpg", data)
+    app.send_button.click()
+    answer = html_of(rows(app, "bot")[-1])
+    assert "background removed" not in answer and "Background kept: removal is off." in answer
+    app.new_chat.click()  # the switch stays where the shopper put it
+    buttons(app.turns, EXAMPLE_PHOTO)[0].click()  # and the example chip follows it too
+    assert app.conversation.turns[-1].background == "background kept: removal is off"
