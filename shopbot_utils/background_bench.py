@@ -116,7 +116,7 @@ def mask_quality(composites: list[Composite], cutouts: dict[str, list[Cutout]]) 
 def retrieval_gain(bot, split: pd.DataFrame, composites: list[Composite], cutouts: dict[str, list[Cutout]],
                    catalogue, k: int = 5) -> pd.DataFrame:
     """The poster's score and precision@k of similar() on pasted-background queries, per backend,
-    next to clean catalogue queries (the same products). Foundation protocol: the queries are
+    next to clean catalogue queries (the same products). The strict protocol: the queries are
     test-split products, searched in an index of train+valid."""
     gallery = split_gallery(bot, split)
     ids = [c.product_id for c in composites]
@@ -242,7 +242,7 @@ def decision_errors(runs: dict[str, list[PolicyRun] | list[Check]],
 
 def similar_credit(bot, split: pd.DataFrame, images: list[ImageInput], ids: list[int], k: int = 5) -> np.ndarray:
     """The poster's credit (queries x k: 1 same article type, 0.5 same subcategory only) of the top ``k``
-    of ``bot.similar(image, k, remove_background=False)`` searching only train+valid (the foundation
+    of ``bot.similar(image, k, remove_background=False)`` searching only train+valid (the strict
     protocol; the images are the test products' ``ids``, already prepared)."""
     gallery = np.isin(bot.index.ids, split.loc[split["split"] != "test", "id"].to_numpy())
     facts = split.set_index("id")
