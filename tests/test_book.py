@@ -38,7 +38,8 @@ def _plain(text: str) -> str:
 
 def _headings(markdown: str) -> list[str]:
     """The text of a Markdown source's level 1-3 headings (what the page must show)."""
-    return [re.sub(r"^#+\s*", "", line).strip() for line in markdown.splitlines() if re.match(r"#{1,3} ", line)]
+    return [re.sub(r"^#+\s*", "", line).replace("`", "").strip()  # inline code shows without its backticks
+            for line in markdown.splitlines() if re.match(r"#{1,3} ", line)]
 
 
 def _pages() -> list[tuple[str, list[str], int]]:

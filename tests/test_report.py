@@ -173,6 +173,12 @@ def test_committed_notebooks_are_light_and_carry_no_machine_paths():
             assert folder not in text, (path.name, folder)
 
 
+def test_every_notebook_is_valid_for_its_nbformat_version():
+    """Jupyter, Voila and the website's builder validate a notebook; cell ids need nbformat 4.5."""
+    for path in NOTEBOOKS + sorted((ROOT / "app").glob("*.ipynb")):
+        nbformat.validate(nbformat.read(path, as_version=4))
+
+
 # ----------------------------------------------------------------------------- results -> README
 def _results_notebook(key: str, value: float) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
