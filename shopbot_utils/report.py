@@ -248,6 +248,7 @@ TYPED_FIGURES_ALLOWED = {
     "0.04 s": "the poster's reported time per query (its claim, quoted)",
     "20%": "the poster's protocol: a fifth of the dataset as queries (a definition)",
     "0.5": "half credit for the same sub-category in the poster's score (a definition)",
+    "95%": "the confidence level of a bootstrap interval (a definition)",
 }
 _FIGURE = re.compile(r"\d+(?:[.,]\d+)*\s*%|\d+(?:\.\d+)?\s*(?:ms|s|seconds?|min|minutes?|hours?|h)\b|\d+\.\d+")
 _CODE_OR_MATH = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$\n]+\$|<img[^>]*>|\]\([^)]*\)", re.S)
