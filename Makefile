@@ -24,8 +24,9 @@ export PYTHONUNBUFFERED := 1
 # Long steps print text progress bars, which papermill --log-output shows live.
 export SHOPBOT_PROGRESS ?= text
 
-.PHONY: run test env data notebooks report golden clean demo lab
+.PHONY: run test env data notebooks report golden clean demo lab serve
 DEMO_PORT ?= 8866
+API_PORT ?= 8765
 
 env: $(VENV)/.installed
 
@@ -67,6 +68,11 @@ demo: env
 	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
 	@echo "ShopBot chat: open http://127.0.0.1:$(DEMO_PORT)/ in a browser (Ctrl-C stops it)"
 	$(VENV)/bin/voila notebooks/08_chat_demo.ipynb --no-browser --port=$(DEMO_PORT) --Voila.ip=127.0.0.1
+
+# The HTTP API over one bot (docs at /docs), on 127.0.0.1 only; see docs/serving.md to serve a network.
+serve: env
+	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
+	$(PY) -m shopbot_utils serve --port=$(API_PORT)
 
 # JupyterLab on the course's notebooks.
 lab: env

@@ -93,6 +93,16 @@ def modnet_model() -> Path | None:
     return _env_path("SHOPBOT_MODNET_MODEL")
 
 
+def api_url() -> str:
+    """``SHOPBOT_API_URL``: where the chat's kernels find the API (default ``http://127.0.0.1:8765``)."""
+    return os.environ.get("SHOPBOT_API_URL", "").strip() or "http://127.0.0.1:8765"
+
+
+def api_token() -> str | None:
+    """``SHOPBOT_API_TOKEN``: the API's bearer token (required to serve beyond this machine), if set."""
+    return os.environ.get("SHOPBOT_API_TOKEN", "").strip() or None
+
+
 def offline() -> bool:
     """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}
