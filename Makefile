@@ -63,11 +63,11 @@ golden: env
 test: env
 	$(PY) -m pytest
 
-# The chat (notebook 08) as a web page for people who do not use Jupyter; needs `make run` first.
+# The chat page for people who do not use Jupyter (app/chat.ipynb, not the course's notebook 08): the API
+# (one process with the models) and Voila together, on 127.0.0.1; Ctrl-C stops both. Needs `make run` first.
 demo: env
 	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
-	@echo "ShopBot chat: open http://127.0.0.1:$(DEMO_PORT)/ in a browser (Ctrl-C stops it)"
-	$(VENV)/bin/voila notebooks/08_chat_demo.ipynb --no-browser --port=$(DEMO_PORT) --Voila.ip=127.0.0.1
+	$(PY) -m shopbot_utils.demo --port=$(DEMO_PORT) --api-port=$(API_PORT)
 
 # The HTTP API over one bot (docs at /docs), on 127.0.0.1 only; see docs/serving.md to serve a network.
 serve: env

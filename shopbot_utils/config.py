@@ -103,6 +103,24 @@ def api_token() -> str | None:
     return os.environ.get("SHOPBOT_API_TOKEN", "").strip() or None
 
 
+def chat_idle_seconds() -> float:
+    """``SHOPBOT_CHAT_IDLE_S``: seconds after which the demo closes an idle chat (the page says so); 0: never."""
+    try:
+        return float(os.environ.get("SHOPBOT_CHAT_IDLE_S", "") or 600)
+    except ValueError:
+        return 600.0
+
+
+def demo_hosts() -> list[str]:
+    """``SHOPBOT_DEMO_HOSTS``: comma-separated names the demo's chat page answers besides localhost."""
+    return [n.strip() for n in os.environ.get("SHOPBOT_DEMO_HOSTS", "").split(",") if n.strip()]
+
+
+def demo_token() -> str | None:
+    """``SHOPBOT_DEMO_TOKEN``: the chat page's token, required to serve it beyond this machine, if set."""
+    return os.environ.get("SHOPBOT_DEMO_TOKEN", "").strip() or None
+
+
 def offline() -> bool:
     """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}
