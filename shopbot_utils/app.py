@@ -29,11 +29,11 @@ html, body { margin: 0 !important; padding: 0 !important; height: 100%; overflow
 .shopbot-camera { display: none !important; }
 @media (pointer: coarse) { .shopbot-camera { display: inline-flex !important; } }
 @media (max-width: 600px) {
-  .shopbot-bubble { max-width: 86%; }
-  .shopbot-bubble-wide { width: calc(100% - 44px); }
-  .shopbot-avatar .shopbot-face { width: 26px; height: 26px; margin: 0 3px; font-size: 11px; }
-  .shopbot-card { width: 124px; }
-  .shopbot-card img { width: 112px; height: 112px; }
+  .shopbot-bubble { max-width: 86% !important; }
+  .shopbot-bubble-wide { width: calc(100% - 44px) !important; }
+  .shopbot-avatar .shopbot-face { width: 26px !important; height: 26px !important; margin: 0 3px !important; font-size: 11px !important; }
+  .shopbot-card { width: 124px !important; box-sizing: border-box; }
+  .shopbot-card img { width: 112px !important; height: 112px !important; }
   .shopbot-card button { width: 112px !important; }
   .shopbot-turns .widget-gridbox { grid-template-columns: repeat(auto-fill, 128px) !important; }
   .shopbot-chips { margin-left: 30px !important; }

@@ -104,8 +104,9 @@ def pooled_kernels(manager) -> set[str]:
 
 
 def chats_in_use(manager) -> int:
-    """Kernels serving a visitor (started, not waiting in the pool), plus pool slots not started yet."""
-    return len(set(manager.list_kernel_ids()) - pooled_kernels(manager))
+    """Kernels serving a visitor: all of them but the pool's (each pool slot holds at most one, started or starting)."""
+    slots = sum(len(pool) for pool in getattr(manager, "_pools", {}).values())
+    return max(0, len(manager.list_kernel_ids()) - slots)
 
 
 def __getattr__(name: str):
@@ -197,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-chats", type=int, default=MAX_CHATS,
                    help=f"chats at once; the next visitor is told to come back (default {MAX_CHATS})")
     p.add_argument("--pool", type=int, default=POOL, help=f"kernels pre-started with the page rendered (default {POOL})")
+    p.add_argument("--cull-interval", type=float, default=CULL_INTERVAL_S, help=argparse.SUPPRESS)  # tests
     args = p.parse_args(argv)
     config.setup_logging()
     try:
         return run(args.artifacts, args.port, args.api_port, args.host, args.token or config.demo_token(),
-                   args.allowed_host, args.behind_proxy, args.idle, args.max_chats, args.pool)
+                   args.allowed_host, args.behind_proxy, args.idle, args.max_chats, args.pool, args.cull_interval)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
