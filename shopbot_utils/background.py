@@ -29,7 +29,7 @@ from PIL import Image
 from . import config
 from .config import logger
 from .data import ImageInput, load_image
-from .vision import ArtifactError
+from .artifacts import ArtifactError  # not .vision (torch): a chat over the API cuts out with no model here
 
 ISNET_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/isnet-general-use.onnx"
 ISNET_NATIVE = 1024

@@ -282,3 +282,27 @@ def _multipart(fields: dict, photo: bytes | None):
 
     body, kind = encode({k: str(v) for k, v in fields.items()}, {} if photo is None else {"photo": ("p.jpg", photo, "image/jpeg")})
     return body, {"Content-Type": kind}
+
+
+def test_a_chat_over_the_api_loads_no_model(api, catalogue, tmp_path):
+    """What a chat page's kernel runs (app.chat_page's conversation, a photo turn with its background removed)
+    imports neither torch nor onnxruntime: a visitor costs a kernel, not the models."""
+    import subprocess
+    import sys
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(random_image((400, 300), seed=3)))
+    script = f"""
+import sys
+from shopbot_utils.client import ShopBotClient
+from shopbot_utils.chat import Conversation
+from shopbot_utils import widgets, app
+client = ShopBotClient({api!r})
+chat = Conversation(client, feedback_log={str(tmp_path / 'f.jsonl')!r}, **client.conversation_kwargs())
+turn = chat.send(photo=open({str(photo)!r}, 'rb').read(), remove_background=True)
+assert turn.kind == "products" and turn.photo is not None, turn
+print(sorted(m for m in ("torch", "onnxruntime", "sentence_transformers", "fastapi") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
