@@ -149,17 +149,20 @@ def check_network(host: str, token: str | None, behind_proxy: bool, allowed_host
 def run(artifacts: str | Path | None = None, port: int = DEFAULT_PORT, api_port: int = 8765,
         host: str = "127.0.0.1", token: str | None = None, allowed_hosts: list[str] | None = None,
         behind_proxy: bool = False, idle_s: float = IDLE_S, max_chats: int = MAX_CHATS, pool: int = POOL,
-        cull_interval_s: float = CULL_INTERVAL_S) -> int:
-    """Start the API, wait for its models, serve the chat page until Ctrl-C, then stop both."""
+        cull_interval_s: float = CULL_INTERVAL_S, api_url: str | None = None) -> int:
+    """Start the API (unless ``api_url`` names a running one), wait for its models, serve the chat page
+    until Ctrl-C, then stop both."""
     from .client import ShopBotClient
 
     allowed_hosts = list(allowed_hosts or [])
     check_network(host, token, behind_proxy, allowed_hosts)
-    api_url = f"http://127.0.0.1:{api_port}"
-    command = [sys.executable, "-m", "shopbot_utils"] + (["--artifacts", str(artifacts)] if artifacts else [])
-    api = subprocess.Popen(command + ["serve", "--port", str(api_port)])
+    api = None
+    if api_url is None:
+        api_url = f"http://127.0.0.1:{api_port}"
+        command = [sys.executable, "-m", "shopbot_utils"] + (["--artifacts", str(artifacts)] if artifacts else [])
+        api = subprocess.Popen(command + ["serve", "--port", str(api_port)])
     try:
-        logger.info("waiting for the API to load the models ...")
+        logger.info("waiting for the API at %s (it loads the models first) ...", api_url)
         ShopBotClient(api_url).wait(timeout_s=600)
         # What the chat's kernels (children of this process) read through config.
         os.environ.update({"SHOPBOT_API_URL": api_url, "SHOPBOT_CHAT_IDLE_S": str(int(idle_s)),
@@ -174,11 +177,12 @@ def run(artifacts: str | Path | None = None, port: int = DEFAULT_PORT, api_port:
                                          cull_interval_s))
         return 0
     finally:
-        api.terminate()
-        try:
-            api.wait(20)
-        except subprocess.TimeoutExpired:
-            api.kill()
+        if api is not None:
+            api.terminate()
+            try:
+                api.wait(20)
+            except subprocess.TimeoutExpired:
+                api.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SHOPBOT_ARTIFACTS or ./artifacts)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the chat page's port (default {DEFAULT_PORT})")
     p.add_argument("--api-port", type=int, default=8765, help="the API's port, on 127.0.0.1 (default 8765)")
+    p.add_argument("--api-url", default=None, help="use the API running there instead of starting one "
+                   "(its token: SHOPBOT_API_TOKEN)")
     p.add_argument("--host", default="127.0.0.1", help="address the page binds (default 127.0.0.1: this machine only)")
     p.add_argument("--token", default=None, help="the page's token (default SHOPBOT_DEMO_TOKEN); needed beyond "
                    "this machine unless --behind-proxy")
@@ -203,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     config.setup_logging()
     try:
         return run(args.artifacts, args.port, args.api_port, args.host, args.token or config.demo_token(),
-                   args.allowed_host, args.behind_proxy, args.idle, args.max_chats, args.pool, args.cull_interval)
+                   args.allowed_host, args.behind_proxy, args.idle, args.max_chats, args.pool, args.cull_interval,
+                   args.api_url)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
