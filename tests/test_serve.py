@@ -306,3 +306,30 @@ print(sorted(m for m in ("torch", "onnxruntime", "sentence_transformers", "fasta
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_second_replica_needs_nothing_from_the_first(api, chat_bot, catalogue, tmp_path):
+    """Stateless: a conversation whose calls alternate between two replicas (as behind a round-robin load
+    balancer) answers turn for turn as one over a single replica."""
+    with running(create_app(chat_bot, catalogue=catalogue)) as other:
+        one, two = ShopBotClient(api), ShopBotClient(other)
+
+        class RoundRobin:  # each call to the next replica
+            def __init__(self):
+                self.calls = 0
+
+            def __getattr__(self, name):
+                self.calls += 1
+                return getattr((one, two)[self.calls % 2], name)
+
+        balanced = RoundRobin()
+        hopping = Conversation(balanced, feedback_log=tmp_path / "a.jsonl", **one.conversation_kwargs())
+        single = Conversation(one, feedback_log=tmp_path / "b.jsonl", **one.conversation_kwargs())
+        for step in ["black casual shoes for men", "for women", "show more", "in white"]:
+            a, b = hopping.send(step), single.send(step)
+            assert (a.kind, a.text, [p.id for p in a.products]) == (b.kind, b.text, [p.id for p in b.products]), step
+        a, b = hopping.send_example_photo(), single.send_example_photo()
+        assert [p.id for p in a.products] == [p.id for p in b.products]
+        a, b = hopping.send("in black"), single.send("in black")
+        assert [p.id for p in a.products] == [p.id for p in b.products]
+        assert balanced.calls > 8
