@@ -56,6 +56,22 @@ def _pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
+def _cpu(root: int) -> dict:
+    """CPU seconds so far of the serving processes (API, Voilà, kernels) and of the test's chromium."""
+    out = {"api": 0.0, "voila": 0.0, "kernels": 0.0, "chromium": 0.0}
+    procs = [psutil.Process(root)] + psutil.Process(root).children(recursive=True)
+    procs += [p for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or "")]
+    for p in procs:
+        try:
+            times, cmd = p.cpu_times(), " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        part = ("chromium" if "chrom" in p.name() else "kernels" if "ipykernel" in cmd
+                else "api" if " serve" in cmd else "voila")
+        out[part] += times.user + times.system
+    return out
+
+
 def _memory(root: int) -> dict:
     """RSS and PSS (MB) of a process tree, split into the API, Voilà and the kernels."""
     out = {"api": [0.0, 0.0], "voila": [0.0, 0.0], "kernels": [0.0, 0.0], "n_kernels": 0}
@@ -179,6 +195,7 @@ async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_path
             except Exception as exc:  # noqa: BLE001 - a page that did not open is an error, the run goes on
                 errors.append(f"open: {type(exc).__name__}: {str(exc)[:120]}")
         memory_open = _memory(demo_pid)
+        cpu_before, wall = _cpu(demo_pid), time.perf_counter()
 
         async def visitor(i: int, page):
             await asyncio.sleep(rng.uniform(0, 3))
@@ -202,7 +219,9 @@ async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_path
                         await box.press("Enter")
                     await page.wait_for_function(
                         f"document.querySelectorAll('.shopbot-row-bot').length > {before} && "
-                        "!document.querySelector('.shopbot-typing-row')", timeout=60_000)
+                        "!document.querySelector('.shopbot-typing-row')", timeout=60_000, polling=50)
+                    # (polled every 50 ms: the default, every animation frame in 20 pages, would take the
+                    # cores the server needs)
                     turns[kind].append(time.perf_counter() - start)
                     if await page.locator(".shopbot-row-bot").last.locator(".shopbot-bubble-error").count():
                         errors.append(f"{kind}: " + (await page.locator(".shopbot-row-bot").last.inner_text())[:120])
@@ -212,6 +231,7 @@ async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_path
                 await asyncio.sleep(rng.uniform(2.0, 4.0))
 
         await asyncio.gather(*(visitor(i, page) for i, (_, page) in enumerate(opened)))
+        cpu_after, wall = _cpu(demo_pid), time.perf_counter() - wall
         memory_busy = _memory(demo_pid)
         for context, _ in opened:
             await context.close()
@@ -222,7 +242,8 @@ async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_path
             "photo_p50_s": _pct(photo, 50), "photo_p95_s": _pct(photo, 95),
             "first_paint_p50_s": _pct(first_paint, 50), "first_paint_max_s": max(first_paint, default=float("nan")),
             "greeting_p50_s": _pct(greeting, 50), "greeting_p95_s": _pct(greeting, 95),
-            "errors": len(errors), "error_examples": errors[:5],
+            "errors": len(errors), "error_examples": errors[:5], "seconds": wall,
+            "cpu_share": {k: (cpu_after[k] - cpu_before[k]) / wall for k in cpu_after},  # cores busy on average
             "memory_open": memory_open, "memory_busy": memory_busy,
             "total_rss_gb": memory_busy["total_rss_mb"] / 1024, "total_pss_gb": memory_busy["total_pss_mb"] / 1024}
 
@@ -326,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["meets_targets"] = meets(row)
                     report["chats"].append(row)
                     print(f"  text p95 {row['text_p95_s']:.2f} s, photo p95 {row['photo_p95_s']:.2f} s, errors "
-                          f"{row['errors']}, total RSS {row['total_rss_gb']:.2f} GB (PSS {row['total_pss_gb']:.2f})",
-                          flush=True)
+                          f"{row['errors']}, total RSS {row['total_rss_gb']:.2f} GB (PSS {row['total_pss_gb']:.2f}), "
+                          f"cores busy {json.dumps({k: round(v, 2) for k, v in row['cpu_share'].items()})}", flush=True)
                     time.sleep(args.idle + 15)  # the closed pages' kernels go before the next level
                     if not row["meets_targets"]:
                         break
