@@ -13,8 +13,8 @@
     6 GB, text p95 <= 1 s, photo p95 <= 3 s, no errors) is reported.
 (c) 100 plain GETs of the page (no JavaScript): how many got a chat and how many "busy", and the kernels
     left once the idle timeout has passed (the pre-started pool aside).
-(baseline) One visitor of the old page (Voilà over notebook 08, its kernel loading the whole bot): that
-    kernel's memory, beside one chat kernel's now.
+(baseline) What one visitor's kernel held before (notebook 08's setup: the whole bot, warmed up, then
+    three photo turns), beside a chat kernel now.
 
 Prints a table and writes JSON (``<out>``, default ``<artifacts>/benchmarks/serve.json``, else a temp folder
 when the artifacts are read-only).
@@ -42,7 +42,7 @@ import pandas as pd
 import psutil
 
 from shopbot_utils import config
-from shopbot_utils.browser import CHROMIUM, QUIET_FLAGS, _free_port, browser_problem, serve_chat
+from shopbot_utils.browser import CHROMIUM, QUIET_FLAGS, _free_port, browser_problem
 from shopbot_utils.data import load_catalogue, load_split
 
 QUESTIONS = ["How much is shipping?", "Track my order", "Can I return these shoes?", "How do I pay?",
@@ -268,24 +268,35 @@ def plain_gets(url: str, demo_pid: int, n: int, idle_s: float) -> dict:
             "kernels_after_gets": after_gets, "kernels_after_idle_timeout": left}
 
 
-def baseline_notebook_08(artifacts: Path, data) -> dict:
-    """One visitor of the old page: Voilà over notebook 08, its kernel loading the bot."""
-    from playwright.sync_api import sync_playwright
+BASELINE = """
+import json, sys, time, psutil
+from shopbot_utils import ShopBot
+from shopbot_utils.chat import Conversation
+from shopbot_utils.data import load_catalogue
+from shopbot_utils.widgets import ChatApp
+start = time.perf_counter()
+bot = ShopBot.load(sys.argv[1])
+app = ChatApp(Conversation(bot, catalogue=load_catalogue(), feedback_log=sys.argv[2]))
+app.conversation.warm_up()
+loaded = time.perf_counter() - start
+m1 = psutil.Process().memory_full_info()
+for path in sys.argv[3:]:
+    app.conversation.send(photo=open(path, "rb").read(), remove_background=True)
+m2 = psutil.Process().memory_full_info()
+print(json.dumps({"load_s": loaded, "rss_mb": m1.rss / 2**20, "pss_mb": m1.pss / 2**20,
+                  "rss_after_photos_mb": m2.rss / 2**20, "pss_after_photos_mb": m2.pss / 2**20}))
+"""
 
-    log = Path(tempfile.gettempdir()) / "bench_serve_baseline.log"
-    with serve_chat(artifacts, data, log, timeout_s=120) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=QUIET_FLAGS)
-        page = browser.new_page()
-        start = time.perf_counter()
-        page.goto(url, timeout=300_000)
-        page.get_by_text("Hi, I'm ShopBot").wait_for(timeout=300_000)
-        seconds = time.perf_counter() - start
-        kernels = [k for k in psutil.process_iter(["cmdline"]) if "ipykernel" in " ".join(k.info["cmdline"] or [])
-                   and k.parent() is not None and "voila" in " ".join(k.parent().cmdline())]
-        rss = [k.memory_full_info() for k in kernels]
-        browser.close()
-    return {"page_s": seconds, "kernel_rss_mb": max((r.rss for r in rss), default=0) / 2**20,
-            "kernel_pss_mb": max((r.pss for r in rss), default=0) / 2**20}
+
+def baseline_notebook_08(artifacts: Path, photos: list[Path]) -> dict:
+    """What one visitor's kernel held before: notebook 08's setup (the bot loaded, the app, its warm-up),
+    then three photo turns, in a fresh process. (Voilà over notebook 08 itself no longer renders: its
+    ../figures image is outside Voilà's root.)"""
+    done = subprocess.run([sys.executable, "-c", BASELINE, str(artifacts), str(artifacts / "feedback.jsonl"),
+                           *map(str, photos[:3])], capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "baseline" not in args.skip:
         print("(baseline) notebook 08, its kernel loading the bot", flush=True)
-        report["baseline_notebook_08"] = baseline_notebook_08(artifacts, args.data)
+        report["baseline_notebook_08"] = baseline_notebook_08(artifacts, photo_paths)
     shutil.rmtree(work, ignore_errors=True)
 
     _print(report)
@@ -393,8 +404,8 @@ def _print(report: dict) -> None:
     if report.get("plain_gets"):
         print("\n(c) plain GETs: " + json.dumps(report["plain_gets"]))
     if report.get("baseline_notebook_08"):
-        print("\n(baseline) one visitor of notebook 08: " + json.dumps({k: round(v, 1) for k, v in
-                                                                         report["baseline_notebook_08"].items()}))
+        print("\n(baseline) one visitor's kernel before (the bot in it): " + json.dumps(
+            {k: round(v, 1) for k, v in report["baseline_notebook_08"].items()}))
 
 
 if __name__ == "__main__":
