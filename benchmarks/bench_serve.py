@@ -163,7 +163,8 @@ def _wait(url: str, proc, timeout_s: float) -> None:
 
 
 # ----------------------------------------------------------------------------------- (b) the chat pages
-async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_paths: list[Path], seed: int) -> dict:
+async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_paths: list[Path], seed: int,
+                     pause: tuple[float, float] = (4.0, 8.0)) -> dict:
     from playwright.async_api import async_playwright
 
     rng = random.Random(seed)
@@ -228,7 +229,7 @@ async def chat_level(url: str, demo_pid: int, n: int, seconds: float, photo_path
                 except Exception as exc:  # noqa: BLE001
                     errors.append(f"{kind}: {type(exc).__name__}: {str(exc)[:120]}")
                 k += 1
-                await asyncio.sleep(rng.uniform(2.0, 4.0))
+                await asyncio.sleep(rng.uniform(*pause))
 
         await asyncio.gather(*(visitor(i, page) for i, (_, page) in enumerate(opened)))
         cpu_after, wall = _cpu(demo_pid), time.perf_counter() - wall
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                    "stops at the first level that misses the targets")
     p.add_argument("--seconds", type=float, default=60, help="how long each level's visitors chat")
     p.add_argument("--idle", type=float, default=45, help="the demo's idle timeout (plain GETs part)")
+    p.add_argument("--pause", type=float, nargs=2, default=[4.0, 8.0], help="seconds between a visitor's turns")
     p.add_argument("--skip", nargs="*", default=[], choices=["api", "chats", "gets", "baseline"])
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -335,43 +337,52 @@ def main(argv: list[str] | None = None) -> int:
         print("(a) the API", flush=True)
         report["api"], report["api_memory"] = bench_api(artifacts, photos)
 
-    if {"chats", "gets"} - set(args.skip):
-        top = max(args.chats) + 5
-        log = work / "demo.log"
+    def demo(idle: float, max_chats: int):
+        log = work / f"demo_{int(idle)}.log"
         port, api_port = _free_port(), _free_port()
         env = {**os.environ, "SHOPBOT_OFFLINE": "1"}
         with log.open("w") as handle:
-            demo = subprocess.Popen([sys.executable, "-m", "shopbot_utils.demo", "--artifacts", str(artifacts),
-                                     f"--port={port}", f"--api-port={api_port}", f"--max-chats={top}",
-                                     f"--idle={args.idle}", "--cull-interval=5", "--pool=2"],
+            proc = subprocess.Popen([sys.executable, "-m", "shopbot_utils.demo", "--artifacts", str(artifacts),
+                                     f"--port={port}", f"--api-port={api_port}", f"--max-chats={max_chats}",
+                                     f"--idle={idle}", "--cull-interval=5", "--pool=2"],
                                     stdout=handle, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}/"
+        _wait(url + "voila/static/none", proc, 600)
+        time.sleep(15)  # the pool fills
+        return proc, url
+
+    def stop(proc):
+        proc.send_signal(signal.SIGINT)
         try:
-            _wait(url + "voila/static/none", demo, 600)
-            time.sleep(15)  # the pool fills
-            report["demo_idle_memory"] = _memory(demo.pid)
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    if "chats" not in args.skip:
+        proc, url = demo(600, max(args.chats) + 5)  # the default idle timeout: no chat is culled mid-level
+        try:
+            report["demo_idle_memory"] = _memory(proc.pid)
             report["chats"] = []
-            if "chats" not in args.skip:
-                for n in args.chats:
-                    print(f"(b) {n} chat pages for {args.seconds:.0f} s", flush=True)
-                    row = asyncio.run(chat_level(url, demo.pid, n, args.seconds, photo_paths, seed=n))
-                    row["meets_targets"] = meets(row)
-                    report["chats"].append(row)
-                    print(f"  text p95 {row['text_p95_s']:.2f} s, photo p95 {row['photo_p95_s']:.2f} s, errors "
-                          f"{row['errors']}, total RSS {row['total_rss_gb']:.2f} GB (PSS {row['total_pss_gb']:.2f}), "
-                          f"cores busy {json.dumps({k: round(v, 2) for k, v in row['cpu_share'].items()})}", flush=True)
-                    time.sleep(args.idle + 15)  # the closed pages' kernels go before the next level
-                    if not row["meets_targets"]:
-                        break
-            if "gets" not in args.skip:
-                print("(c) 100 plain GETs", flush=True)
-                report["plain_gets"] = plain_gets(url, demo.pid, 100, args.idle)
+            for n in args.chats:
+                print(f"(b) {n} chat pages for {args.seconds:.0f} s, a turn every {args.pause[0]:.0f}-{args.pause[1]:.0f} s",
+                      flush=True)
+                row = asyncio.run(chat_level(url, proc.pid, n, args.seconds, photo_paths, seed=n, pause=tuple(args.pause)))
+                row["meets_targets"] = meets(row)
+                report["chats"].append(row)
+                print(f"  text p95 {row['text_p95_s']:.2f} s, photo p95 {row['photo_p95_s']:.2f} s, errors "
+                      f"{row['errors']}, total RSS {row['total_rss_gb']:.2f} GB (PSS {row['total_pss_gb']:.2f}), "
+                      f"cores busy {json.dumps({k: round(v, 2) for k, v in row['cpu_share'].items()})}", flush=True)
+                if not row["meets_targets"]:
+                    break
         finally:
-            demo.send_signal(signal.SIGINT)
-            try:
-                demo.wait(60)
-            except subprocess.TimeoutExpired:
-                demo.kill()
+            stop(proc)
+    if "gets" not in args.skip:
+        print(f"(c) 100 plain GETs, idle timeout {args.idle:.0f} s", flush=True)
+        proc, url = demo(args.idle, 24)  # make demo's cap
+        try:
+            report["plain_gets"] = plain_gets(url, proc.pid, 100, args.idle)
+        finally:
+            stop(proc)
 
     if "baseline" not in args.skip:
         print("(baseline) notebook 08, its kernel loading the bot", flush=True)
