@@ -48,7 +48,13 @@ class ApiError(ValueError):
 
 
 class RemoteProduct(SimpleNamespace):
-    """A product as the API sent it: the attributes of ``bot.Product`` (whatever fields the server has)."""
+    """A product as the API sent it: the attributes of ``bot.Product`` (whatever fields the server has;
+    ``duplicate_ids`` a tuple, as there)."""
+
+    def __init__(self, **fields):
+        if isinstance(fields.get("duplicate_ids"), list):
+            fields["duplicate_ids"] = tuple(fields["duplicate_ids"])
+        super().__init__(**fields)
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -56,7 +62,7 @@ class RemoteProduct(SimpleNamespace):
 
 class RemoteResults(list):
     """``bot.Results`` as the API sent them: products plus ``understood``, ``relaxed``, ``message``,
-    ``query`` (a ``Query``) and any other field the server adds."""
+    ``query`` (a ``Query``), ``reply``, ``ignored`` and any other field the server adds."""
 
     def __init__(self, payload: dict):
         super().__init__(RemoteProduct(**p) for p in payload.get("products", []))
@@ -66,6 +72,8 @@ class RemoteResults(list):
         self.understood = payload.get("understood") or {}
         self.relaxed = payload.get("relaxed") or []
         self.message = payload.get("message") or ""
+        self.reply = payload.get("reply") or self.message
+        self.ignored = payload.get("ignored") or {}
         q = payload.get("query")
         self.query = Query(q.get("text", ""), q.get("include") or {}, q.get("exclude") or {}) if q else None
 
@@ -87,7 +95,8 @@ class RemoteCatalogue:
 
 class RemoteBackground:
     """A background-removal backend (``background.Backend``) that asks the API for the mask: the chat
-    cuts out with the server's ISNet and loads no model itself."""
+    cuts out with the server's ISNet and loads no model itself. ``name`` is the server's remover once
+    it has answered (a cut-out's note names it, as in-process)."""
 
     name = "api"
 
@@ -95,13 +104,17 @@ class RemoteBackground:
         self.client = client
 
     def mask(self, image: Image.Image) -> np.ndarray:
-        """Foreground alpha (H, W) in 0..1: the photo goes at most ``SEND_PX`` wide, the mask comes back scaled."""
+        """Foreground alpha (H, W) in 0..1, as the server's remover computes it: the photo goes losslessly,
+        at most ``SEND_PX`` wide (the mask of a larger one comes back scaled)."""
         small = _reduced(image)
-        data = self.client._call("POST", "/cutout", files={"photo": ("photo.jpg", _jpeg(small), "image/jpeg")}, raw=True)
-        mask = Image.open(io.BytesIO(data)).convert("L")
-        if mask.size != image.size:
-            mask = mask.resize(image.size, Image.BILINEAR)
-        return np.asarray(mask, np.float32) / 255.0
+        data, headers = self.client._call("POST", "/cutout?format=npy", files={"photo": _upload(small)}, raw=True,
+                                          with_headers=True)
+        self.name = headers.get("x-background-backend") or self.name
+        mask = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+        if mask.shape != (image.height, image.width):
+            scaled = Image.fromarray(mask, "F").resize(image.size, Image.BILINEAR)
+            mask = np.asarray(scaled, np.float32).clip(0, 1)
+        return mask
 
 
 class ShopBotClient:
@@ -138,8 +151,9 @@ class ShopBotClient:
         body = {"text": str(text), "k": int(k), "query": _query_json(query)}
         return RemoteResults(self._call("POST", "/search", body=body))
 
-    def similar(self, image, k: int = 5, remove_background: bool | str = False, where=None) -> list[RemoteProduct]:
-        """As ``ShopBot.similar``: a photo (path, bytes, PIL) or a product id ("more like this")."""
+    def similar(self, image, k: int = 5, remove_background: bool | str = "auto", where=None) -> list[RemoteProduct]:
+        """As ``ShopBot.similar``: a photo (path, bytes, PIL) or a product id ("more like this");
+        ``remove_background`` auto, on/True or off/False with the server's remover (the chat's)."""
         if _is_product_id(image):
             if where is not None:
                 raise ValueError("the API filters photo searches only: use refine for a product with constraints")
@@ -153,7 +167,7 @@ class ShopBotClient:
             payload = self._call("POST", "/similar", fields=fields, files={"photo": _upload(image)})
         return [RemoteProduct(**p) for p in payload["products"]]
 
-    def refine(self, anchor, text: str, k: int = 5, remove_background: bool | str = False,
+    def refine(self, anchor, text: str, k: int = 5, remove_background: bool | str = "auto",
                query: Query | None = None) -> RemoteResults:
         """As ``ShopBot.refine``: like ``anchor`` (a photo or a product id), with what ``text`` asks for."""
         fields = {"text": str(text), "k": str(int(k)), "remove_background": _remove_option(remove_background)}
@@ -163,6 +177,21 @@ class ShopBotClient:
             fields["product_id"] = str(int(anchor))
             return RemoteResults(self._call("POST", "/refine", fields=fields, files={}))
         return RemoteResults(self._call("POST", "/refine", fields=fields, files={"photo": _upload(anchor)}))
+
+    def lookup(self, ids) -> list[RemoteProduct]:
+        """As ``ShopBot.lookup``: the products ``ids`` (e.g. a card's ``duplicate_ids``), in that order."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        return [RemoteProduct(**p) for p in self._call("GET", "/products?ids=" + ",".join(map(str, ids)))["products"]]
+
+    @staticmethod
+    def cut_out(image, remove_background: bool | str = "auto"):
+        """As ``ShopBot.cut_out`` (a ``background.Cutout``), here: the chat passes its backend, whose masks
+        come from the API (``RemoteBackground``); nothing here loads a model unless asked by name."""
+        from .background import remove_background as cut
+
+        return cut(image, remove_background)
 
     @property
     def products(self):
@@ -236,7 +265,7 @@ class ShopBotClient:
 
     # ------------------------------------------------------------------ HTTP
     def _call(self, method: str, path: str, body: dict | None = None, fields: dict | None = None,
-              files: dict | None = None, raw: bool = False) -> Any:
+              files: dict | None = None, raw: bool = False, with_headers: bool = False) -> Any:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -266,7 +295,8 @@ class ShopBotClient:
             except (ValueError, KeyError, TypeError):
                 message = f"ShopBot's server answered {response.status} {response.reason}."
             raise ApiError(response.status, message)
-        return payload if raw else json.loads(payload)
+        answer = payload if raw else json.loads(payload)
+        return (answer, {k.lower(): v for k, v in response.getheaders()}) if with_headers else answer
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -284,10 +314,15 @@ def _query_json(query: Query | None) -> dict | None:
     return None if query is None else {"text": query.text, "include": query.include, "exclude": query.exclude}
 
 
-def _remove_option(value: bool | str) -> str:
+def _remove_option(value: bool | str | None) -> str:
+    """The API's ``remove_background`` field: auto, on, off (True/False/None as the chat's switch) or a name."""
     if isinstance(value, str):
         return value
-    return "true" if value else "false"
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "on"
+    raise ValueError("over the API, remove_background is 'auto', True, False or a backend's name")
 
 
 def _reduced(image: Image.Image, px: int = SEND_PX) -> Image.Image:
@@ -298,16 +333,17 @@ def _reduced(image: Image.Image, px: int = SEND_PX) -> Image.Image:
     return small
 
 
-def _jpeg(image: Image.Image, quality: int = 92) -> bytes:
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    image.convert("RGB").save(buffer, "PNG", compress_level=1)  # fast; the server sees the very pixels
     return buffer.getvalue()
 
 
 def _upload(image) -> tuple[str, bytes, str]:
-    """(file name, bytes, type) of a photo: bytes and files as they are, a PIL image as JPEG at most ``SEND_PX``."""
+    """(file name, bytes, type) of a photo: bytes and files as they are, a PIL image (a chat's cut-out) as
+    PNG at most ``SEND_PX``, lossless so that the API embeds what an in-process bot would."""
     if isinstance(image, Image.Image):
-        return "photo.jpg", _jpeg(_reduced(image)), "image/jpeg"
+        return "photo.png", _png(_reduced(image)), "image/png"
     if isinstance(image, (bytes, bytearray, memoryview)):
         return "photo", bytes(image), "application/octet-stream"
     path = Path(image)

@@ -1,8 +1,9 @@
 """The HTTP API: one process holds the models and answers every shopper (``python -m shopbot_utils serve``).
 
 ``create_app(bot)`` is a FastAPI app over one ``ShopBot``: ``/ask``, ``/search``, ``/similar`` (a
-multipart photo, optional background removal), ``/refine``, ``/products/{id}`` and its ``/similar``
-("more like this"), ``/thumbnail`` and ``/image``, ``/products.csv``, ``/cutout`` and ``/health``;
+multipart photo; background removal auto, on or off as the chat's switch), ``/refine``,
+``/products/{id}`` and its ``/similar`` ("more like this"), ``/thumbnail`` and ``/image``,
+``/products?ids=`` (the listings a card collapsed), ``/products.csv``, ``/cutout`` and ``/health``;
 OpenAPI docs at ``/docs``. It is what the chat's kernels call (``client.ShopBotClient``) and what a
 shop's own site calls.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import io
 import json
@@ -33,7 +35,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from . import __version__, config
+from . import __version__
 from .chat import (CHAT_ISNET_SIZE, MAX_MESSAGE_CHARS, MAX_UPLOAD_BYTES, Thumbnails, decode_upload,
                    text_problem, upload_too_large)
 from .config import logger
@@ -185,7 +187,8 @@ def results_json(found) -> dict:
     """``Results`` (or a plain list of products) as JSON."""
     return {"products": [product_json(p) for p in found], "understood": getattr(found, "understood", {}),
             "relaxed": getattr(found, "relaxed", []), "message": getattr(found, "message", ""),
-            "query": query_json(getattr(found, "query", None))}
+            "query": query_json(getattr(found, "query", None)), "reply": getattr(found, "reply", ""),
+            "ignored": getattr(found, "ignored", {})}
 
 
 def parse_query_json(value: Any):
@@ -254,25 +257,37 @@ class Settings:
                              "(the Host check refuses every other name)")
 
 
+@functools.lru_cache(maxsize=1)
 def _cutout_backend():
-    """The chat's background remover: ISNet at ``CHAT_ISNET_SIZE`` (GrabCut without its model)."""
-    from .background import get_backend
+    """The chat's background remover: ISNet at ``CHAT_ISNET_SIZE`` (GrabCut without its model), one per process."""
+    from .background import best_backend
 
-    return get_backend("auto", size=CHAT_ISNET_SIZE)
+    return best_backend(size=CHAT_ISNET_SIZE)
+
+
+#: What the ``remove_background`` field takes besides a backend's name: the chat's switch (``chat.SWITCH``).
+REMOVE_BACKGROUND = ("auto", "on", "off")
+REMOVE_HELP = ("auto (default): cut the product out unless the photo already looks like a catalogue photo; "
+               "on: always; off: never (the chat's switch)")
 
 
 def _remove_background_option(value: str | None):
-    """The ``remove_background`` form field: false/true or a backend name -> what ``ShopBot.similar`` takes."""
-    from .background import BACKENDS
+    """The ``remove_background`` form field -> what ``ShopBot.similar`` takes: ``auto`` (the default: cut out
+    only a photo that is not a packshot, ``background.AutoBackend``), ``on`` (always) or ``off`` (never),
+    as the chat's switch, with the chat's remover; true/false for on/off; or a backend's name."""
+    from .background import BACKENDS, AutoBackend
 
-    text = (value or "false").strip().lower()
-    if text in ("", "0", "false", "no", "off", "none"):
+    text = (value or "auto").strip().lower()
+    if text in ("0", "false", "no", "off", "none"):
         return False
-    if text in ("1", "true", "yes", "on", "auto"):
+    if text == "auto":
+        return AutoBackend(_cutout_backend())
+    if text in ("1", "true", "yes", "on"):
         return _cutout_backend()
     if text in BACKENDS:
         return text
-    raise ValueError(f"remove_background must be true, false or one of {list(BACKENDS)}, got {value!r}")
+    raise ValueError(f"remove_background must be one of {list(REMOVE_BACKGROUND)} (or true, false, a backend "
+                     f"among {list(BACKENDS)}), got {value!r}")
 
 
 def create_app(bot, catalogue=None, settings: Settings | None = None, example_id: int | None = None):
@@ -378,7 +393,8 @@ def create_app(bot, catalogue=None, settings: Settings | None = None, example_id
 
     @app.post("/similar", summary="Products that look like a photo (multipart)")
     async def similar(photo: UploadFile = File(description="JPEG, PNG, WebP... up to 20 MB"),
-                      k: int = Form(8), remove_background: str = Form("false"), where: str = Form("")):
+                      k: int = Form(8), remove_background: str = Form("auto", description=REMOVE_HELP),
+                      where: str = Form("")):
         check_k(k)
         try:
             remove = _remove_background_option(remove_background)
@@ -391,7 +407,8 @@ def create_app(bot, catalogue=None, settings: Settings | None = None, example_id
 
     @app.post("/refine", summary="Like this photo or product, but with what the text asks for (multipart)")
     async def refine(text: str = Form(""), photo: UploadFile | None = File(None), product_id: int | None = Form(None),
-                     k: int = Form(8), remove_background: str = Form("false"), query: str = Form("")):
+                     k: int = Form(8), remove_background: str = Form("auto", description=REMOVE_HELP),
+                     query: str = Form("")):
         check_k(k)
         try:
             remove = _remove_background_option(remove_background)
@@ -404,15 +421,37 @@ def create_app(bot, catalogue=None, settings: Settings | None = None, example_id
         anchor = known(product_id) if product_id is not None else await read_photo(photo)
         return results_json(await model(lambda: bot.refine(anchor, text, k, remove_background=remove, query=parsed)))
 
-    @app.post("/cutout", summary="The photo's background-removal mask (PNG, 8-bit) at the photo's size")
-    async def cutout(photo: UploadFile = File(description="JPEG, PNG, WebP... up to 20 MB")):
+    @app.post("/cutout", summary="The photo's background-removal mask at the photo's size: PNG (8-bit), "
+                                 "or with format=npy the float32 mask as NumPy's .npy (what the chat's cut-out uses)")
+    async def cutout(photo: UploadFile = File(description="JPEG, PNG, WebP... up to 20 MB"), format: str = "png"):
+        import numpy as np
         from PIL import Image
 
+        if format not in ("png", "npy"):
+            raise Refusal(400, f"format must be png or npy, got {format[:40]!r}")
         image = await read_photo(photo)
-        mask = await model(lambda: _cutout_backend().mask(image))
+        backend = _cutout_backend()
+        mask = await model(lambda: backend.mask(image))
         buffer = io.BytesIO()
-        Image.fromarray((mask.clip(0, 1) * 255).round().astype("uint8"), "L").save(buffer, "PNG")
-        return Response(buffer.getvalue(), media_type="image/png")
+        if format == "npy":
+            np.save(buffer, np.asarray(mask, np.float32), allow_pickle=False)
+        else:
+            Image.fromarray((mask.clip(0, 1) * 255).round().astype("uint8"), "L").save(buffer, "PNG")
+        return Response(buffer.getvalue(), media_type="application/x-npy" if format == "npy" else "image/png",
+                        headers={"X-Background-Backend": backend.name})
+
+    @app.get("/products", summary="Products by id (ids=1,2,3), in that order: e.g. the listings a card "
+                                  "collapsed (its duplicate_ids)")
+    async def lookup(ids: str = ""):
+        try:
+            wanted = [int(i) for i in ids.split(",") if i.strip()]
+        except ValueError:
+            raise Refusal(400, "ids must be product ids separated by commas") from None
+        if not wanted or len(wanted) > MAX_K:
+            raise Refusal(400, f"ids must name 1 to {MAX_K} products")
+        for product_id in wanted:
+            known(product_id)
+        return {"products": [product_json(p) for p in await model(lambda: bot.lookup(wanted))]}
 
     @app.get("/products.csv", summary="Every product's facts as CSV (for a client's names and chips)")
     async def products_csv():

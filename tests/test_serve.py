@@ -88,6 +88,8 @@ def test_every_endpoint_answers(api, chat_bot, catalogue):
     status, _, found = post_json(api + "/search", {"text": "black heels for women", "k": 3})
     truth = chat_bot.search("black heels for women", 3)
     assert [p["id"] for p in found["products"]] == [p.id for p in truth]
+    assert found["reply"] == truth.reply and found["ignored"] == truth.ignored
+    assert [tuple(p["duplicate_ids"]) for p in found["products"]] == [p.duplicate_ids for p in truth]
     assert found["query"]["include"] == truth.query.include and found["understood"] == truth.understood
     # a refinement's query travels back: "in black" on top of the search above
     refined = {"text": "casual shoes in black", "include": {"articleType": ["Casual Shoes"], "baseColour": ["Black"]}}
@@ -99,6 +101,18 @@ def test_every_endpoint_answers(api, chat_bot, catalogue):
     client = ShopBotClient(api)
     assert [p.id for p in client.similar(photo, 5)] == [p.id for p in chat_bot.similar(photo, 5)]
     assert len(client.similar(photo, 3, remove_background=True)) == 3
+    # the switch's positions: auto keeps a catalogue photo as it is (= off), on cuts it out
+    for position in ("auto", "off", False):
+        assert [p.id for p in client.similar(photo, 5, remove_background=position)] == \
+               [p.id for p in chat_bot.similar(photo, 5, remove_background=False)], position
+    status, _, answer = call(api + "/similar", "POST", *_multipart({"k": "3", "remove_background": "on"}, photo))
+    assert status == 200 and len(answer["products"]) == 3
+    status, _, answer = call(api + "/openapi.json")
+    assert "auto (default)" in json.dumps(answer["components"])  # the form field's description
+    ids = [int(i) for i in chat_bot.index.ids[:3]]
+    assert [p.as_dict() for p in client.lookup(ids)] == [p.as_dict() for p in chat_bot.lookup(ids)]
+    assert call(f"{api}/products?ids={int(chat_bot.products.index.max()) + 1}")[0] == 404
+    assert call(f"{api}/products?ids=x")[0] == 400
     assert [p.id for p in client.similar(pid, 4)] == [p.id for p in chat_bot.similar(pid, 4)]
     assert pid not in [p.id for p in client.similar(pid, 4)]
     by_photo, truth = client.refine(photo, "in black", 3), chat_bot.refine(photo, "in black", 3)
@@ -241,22 +255,48 @@ def test_past_the_queue_callers_are_told_to_come_back(chat_bot):
         assert post_json(url + "/search", {"text": "bags"})[0] == 200
 
 
+def _same_turn(a, b, what: str) -> None:
+    """Two bot turns answer alike: kind, intent, words (an answer's wording is drawn at random among the
+    intent's responses: there the intent), every product field (duplicates, near matches, scores),
+    the chips, the cut-out shown and what was done to the photo's background."""
+    assert (a.kind, a.intent, a.more, a.quick_replies, a.background, a.photo) == \
+           (b.kind, b.intent, b.more, b.quick_replies, b.background, b.photo), what
+    assert a.kind == "answer" or a.text == b.text, what
+    assert [p.as_dict() for p in a.products] == [p.as_dict() for p in b.products], what
+
+
 def test_a_conversation_over_the_client_answers_like_one_over_the_bot(client, chat_bot, catalogue, tmp_path):
+    """Turn for turn, the same answer over the API as in-process: text, a search and its refinements, the
+    example photo with the switch on Auto (a packshot, searched as it is) and a refinement of it, a photo in
+    the wild cut out on Auto with the server's masks, the switch On and Off, more like this, the listings a
+    card collapsed."""
+    from shopbot_utils.background_bench import make_composites
+
     remote = Conversation(client, feedback_log=tmp_path / "f.jsonl", **client.conversation_kwargs())
     local = Conversation(chat_bot, catalogue=catalogue, feedback_log=tmp_path / "g.jsonl",
                          example_id=remote.example_id)
+    assert remote.remove_background == local.remove_background == "auto"
     for text in ["How much is shipping?", "casual shoes for men", "in black", "show more", "Start over", ""]:
-        a, b = remote.send(text), local.send(text)
-        # an answer's wording is drawn at random among the intent's responses: compare the intent
-        assert (a.kind, a.intent, [p.id for p in a.products], a.quick_replies) == \
-               (b.kind, b.intent, [p.id for p in b.products], b.quick_replies), text
-        assert a.kind == "answer" or a.text == b.text, text
-    a, b = remote.send_example_photo(), local.send_example_photo()
-    assert a.kind == b.kind == "products" and a.photo is not None
-    assert len({p.id for p in a.products} & {p.id for p in b.products}) >= 6  # the cut-out is sent as JPEG
+        _same_turn(remote.send(text), local.send(text), text)
+    a, b = remote.send_example_photo(), local.send_example_photo()  # Auto: a catalogue photo is kept
+    _same_turn(a, b, "example photo")
+    assert a.kind == "products" and a.background.startswith("background kept")
+    _same_turn(remote.send("in black"), local.send("in black"), "in black after the photo")
     pid = a.products[0].id
+    street = image_bytes(make_composites({pid: catalogue.image_path(pid)}, seed=4)[0].image, "PNG")
+    a, b = remote.send(photo=street, filename="street.png"), local.send(photo=street, filename="street.png")
+    _same_turn(a, b, "a photo in the wild on Auto")
+    assert a.photo is not None and a.background == f"background removed with {local.background.name}"
+    _same_turn(remote.send("for women"), local.send("for women"), "for women after the cut-out")
+    for switch in ("on", "off"):
+        remote.remove_background = local.remove_background = switch
+        a, b = remote.send(photo=street, filename="street.png"), local.send(photo=street, filename="street.png")
+        _same_turn(a, b, f"the switch {switch}")
     a, b = remote.more_like_this(pid), local.more_like_this(pid)
-    assert [p.id for p in a.products] == [p.id for p in b.products]
+    _same_turn(a, b, "more like this")
+    _same_turn(remote.show_more(), local.show_more(), "show more after more like this")
+    listed = [int(i) for i in chat_bot.products.index[:3]]  # the +N button's call, with any ids
+    _same_turn(remote.similar_listings(pid, listed), local.similar_listings(pid, listed), "similar listings")
     assert remote.thumbnails(pid) == client.thumbnail(pid)
     assert remote.feedback(a.id, "up")["verdict"] == "up"
 
@@ -284,14 +324,17 @@ def _multipart(fields: dict, photo: bytes | None):
     return body, {"Content-Type": kind}
 
 
-def test_a_chat_over_the_api_loads_no_model(api, catalogue, tmp_path):
+def test_a_chat_over_the_api_loads_no_model(api, chat_bot, catalogue, tmp_path):
     """What a chat page's kernel runs (app.chat_page's conversation, a photo turn with its background removed)
     imports neither torch nor onnxruntime: a visitor costs a kernel, not the models."""
     import subprocess
     import sys
 
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(image_bytes(random_image((400, 300), seed=3)))
+    from shopbot_utils.background_bench import make_composites
+
+    pid = int(chat_bot.index.ids[4])  # a product pasted on a scene: a photo with a background to remove
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(make_composites({pid: catalogue.image_path(pid)}, seed=4)[0].image, "PNG"))
     script = f"""
 import sys
 from shopbot_utils.client import ShopBotClient
@@ -300,7 +343,7 @@ from shopbot_utils import widgets, app
 client = ShopBotClient({api!r})
 chat = Conversation(client, feedback_log={str(tmp_path / 'f.jsonl')!r}, **client.conversation_kwargs())
 turn = chat.send(photo=open({str(photo)!r}, 'rb').read(), remove_background=True)
-assert turn.kind == "products" and turn.photo is not None, turn
+assert turn.kind == "products" and turn.photo is not None and turn.background.startswith("background removed"), turn
 print(sorted(m for m in ("torch", "onnxruntime", "sentence_transformers", "fastapi") if m in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
