@@ -109,7 +109,7 @@ def bench_api(artifacts: Path, photos: list[bytes], levels=(1, 8, 32), per_level
             if kind == "search":
                 return "POST", "/search", {"json": {"text": SEARCHES[i % len(SEARCHES)], "k": 8}}
             return "POST", "/similar", {"files": {"photo": ("p.jpg", photos[i % len(photos)], "image/jpeg")},
-                                         "data": {"k": "8"}}
+                                         "data": {"k": "8", "remove_background": "off"}}
 
         async def level(kind: str, clients: int) -> dict:
             latencies, errors = [], 0
