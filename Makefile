@@ -24,8 +24,9 @@ export PYTHONUNBUFFERED := 1
 # Long steps print text progress bars, which papermill --log-output shows live.
 export SHOPBOT_PROGRESS ?= text
 
-.PHONY: run test env data notebooks report golden colab clean demo lab book
+.PHONY: run test env data notebooks report golden colab clean demo lab book serve
 DEMO_PORT ?= 8866
+API_PORT ?= 8765
 LAB_PORT ?= 8888
 # The project's kernel: the notebooks' kernelspec names it (shopbot_utils.report.KERNELSPEC), `make env`
 # registers it inside the venv (--sys-prefix), so JupyterLab offers it and papermill runs it.
@@ -79,11 +80,16 @@ test: env
 colab: env
 	$(PY) -m shopbot_utils colab $(NOTEBOOKS) $(wildcard tests/golden/[0-9]*.ipynb)
 
-# The chat (notebook 08) as a web page for people who do not use Jupyter; needs `make run` first.
+# The chat page for people who do not use Jupyter (app/chat.ipynb, not the course's notebook 08): the API
+# (one process with the models) and Voila together, on 127.0.0.1; Ctrl-C stops both. Needs `make run` first.
 demo: env
 	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
-	@echo "ShopBot chat: open http://127.0.0.1:$(DEMO_PORT)/ in a browser (Ctrl-C stops it)"
-	$(VENV)/bin/voila notebooks/08_chat_demo.ipynb --no-browser --port=$(DEMO_PORT) --Voila.ip=127.0.0.1
+	$(PY) -m shopbot_utils.demo --port=$(DEMO_PORT) --api-port=$(API_PORT)
+
+# The HTTP API over one bot (docs at /docs), on 127.0.0.1 only; see docs/serving.md to serve a network.
+serve: env
+	@test -f $(ARTIFACTS)/index.json -a -d $(ARTIFACTS)/intents || { echo "no model in $(ARTIFACTS): run 'make run' first"; exit 1; }
+	$(PY) -m shopbot_utils serve --port=$(API_PORT)
 
 # JupyterLab on the course's notebooks, on this machine only; LAB_FLAGS=--no-browser for a server
 # you open yourself. Jupyter prints the URL with its token (the next free port if LAB_PORT is taken).

@@ -1,4 +1,4 @@
-"""Command line: ``python -m shopbot_utils {similar,classify,refine,more-like,search,ask,data,build,report,golden,book,colab,download}``."""
+"""Command line: ``python -m shopbot_utils {similar,classify,refine,more-like,search,ask,serve,data,build,report,golden,book,colab,download}``."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="copy executed notebooks back into notebooks/, scrubbed, and fill "
                                        "docs/results.json and the README's results from them (make report)")
     r.add_argument("executed", help="folder of executed notebooks (make run writes <artifacts>/notebooks)")
+    v = sub.add_parser("serve", help="the HTTP API over one bot (make serve); docs at /docs")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8765)
+    v.add_argument("--token", default=None, help="bearer token every call but /health needs (default: "
+                   "SHOPBOT_API_TOKEN); required to bind beyond this machine, unless --behind-proxy")
+    v.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to answer besides localhost/127.0.0.1 (repeat; '*' for any)")
+    v.add_argument("--behind-proxy", action="store_true",
+                   help="a reverse proxy in front authenticates: bind beyond this machine without a token")
+    v.add_argument("--concurrency", type=int, default=2, help="model calls at once (default 2)")
+    v.add_argument("--queue", type=int, default=32, help="calls that may wait; the next get 503 busy (default 32)")
     g = sub.add_parser("golden", help="execute notebooks at small parameters into tests/golden (make golden)")
     g.add_argument("notebooks", nargs="+", help="the notebooks, in order")
     k = sub.add_parser("book", help="build the course's website from the executed notebooks (make book)")
@@ -125,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                 written += [report.RESULTS_FILE, report.README]
                 print(f"{len(found)} results tables from the notebooks: {', '.join(found)}")
             print("\n".join(f"wrote {p}" for p in written))
+            return 0
+        if args.command == "serve":
+            from .serve import LOCAL_NAMES, Settings, serve
+
+            settings = Settings(host=args.host, port=args.port, token=args.token or config.api_token(),
+                                allowed_hosts=tuple(LOCAL_NAMES) + tuple(args.allowed_host),
+                                behind_proxy=args.behind_proxy, concurrency=args.concurrency, queue=args.queue)
+            serve(args.artifacts, settings)
             return 0
         from .bot import ShopBot
 

@@ -32,7 +32,7 @@ from PIL import Image
 from . import config
 from .config import logger
 from .data import ImageInput, load_image
-from .vision import ArtifactError
+from .artifacts import ArtifactError  # not .vision (torch): a chat over the API cuts out with no model here
 
 ISNET_NATIVE = 1024
 #: Default ISNet working size, measured on 300 pasted-background queries (two seeds of notebook 05's

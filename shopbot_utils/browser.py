@@ -86,6 +86,44 @@ def serve_chat(artifacts: str | Path, data: str | Path | None, log: Path, timeou
             proc.kill()
 
 
+@contextlib.contextmanager
+def serve_demo(artifacts: str | Path, data: str | Path | None, log: Path, timeout_s: float = 180,
+               options: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``make demo`` (the API and the chat page, ``shopbot_utils.demo``) over ``artifacts`` on free local
+    ports; yields (the page's URL, the process). Stopped as Ctrl-C stops it (SIGINT)."""
+    env = {**os.environ, "SHOPBOT_OFFLINE": "1"}
+    if data is not None:
+        env["SHOPBOT_DATA"] = str(data)
+    port, api_port = _free_port(), _free_port()
+    with Path(log).open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "shopbot_utils.demo", "--artifacts", str(artifacts),
+                                 f"--port={port}", f"--api-port={api_port}", *options],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the demo exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
+            try:  # listening once the API has loaded: any HTTP answer will do (the page itself takes a kernel)
+                urllib.request.urlopen(url + "voila/static/does-not-exist", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the demo did not answer on {url}:\n{Path(log).read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def launch(playwright, blocked: list[str], viewport=(1100, 1000)):
     """(browser, page): chromium with every request to another host aborted and recorded in ``blocked``."""
     def only_local(route):

@@ -18,18 +18,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pandas as pd
 from PIL import Image
 
 from .artifacts import append_line, write_atomic
 from .background import AutoBackend, Backend, NoBackend
-from .bot import Product, ShopBot
 from .config import logger
 from .data import ImageError, load_image
 from .search import Query, parse_query
 from .text import redact
+
+if TYPE_CHECKING:  # a chat over the API (client.ShopBotClient) never imports torch
+    from .bot import Product, ShopBot
 
 #: Products shown per turn; "show more" adds as many again, up to ``MAX_RESULTS``.
 PAGE = 8
@@ -222,7 +224,7 @@ class Conversation:
         on, False for off; default: the conversation's switch), shows the cut-out when there is one and
         the most similar products, refined by the text when it asks for something ("in black")."""
         text = "" if text is None else str(text)
-        upload = None if photo is None else _decode_upload(photo)  # (image, None) or (None, what is wrong)
+        upload = None if photo is None else decode_upload(photo)  # (image, None) or (None, what is wrong)
         shown_photo = thumbnail_jpeg(upload[0]) if upload is not None and upload[0] is not None else None
         self._add(Turn("shopper", text=text[:MAX_MESSAGE_CHARS], photo=shown_photo, filename=str(filename)[:200]))
         return self._answer(lambda: self._respond(text, upload, remove_background))
@@ -333,11 +335,9 @@ class Conversation:
     # ------------------------------------------------------------------ answering
     def _respond(self, text: str, upload: tuple | None, remove_background: bool | str | None) -> Turn:
         stripped = text.strip()
-        if upload is None and not stripped:
-            return self._error("Type a question, or choose a photo to search with.")
-        if len(text) > MAX_MESSAGE_CHARS:
-            return self._error(f"That message is {len(text):,} characters long; I read up to "
-                               f"{MAX_MESSAGE_CHARS:,}. Could you say it in fewer words?")
+        problem = text_problem(text, has_photo=upload is not None)
+        if problem:
+            return self._error(problem)
         if upload is not None:
             image, problem = upload
             return self._error(problem) if problem else self._photo(image, stripped, remove_background)
@@ -469,14 +469,29 @@ class Conversation:
             return None
 
 
-def _decode_upload(photo) -> tuple[Image.Image | None, str | None]:
+def text_problem(text: str, has_photo: bool = False) -> str | None:
+    """What is wrong with a shopper's message, in the chat's words (the API answers with them too); None if nothing."""
+    if not has_photo and not text.strip():
+        return "Type a question, or choose a photo to search with."
+    if len(text) > MAX_MESSAGE_CHARS:
+        return (f"That message is {len(text):,} characters long; I read up to "
+                f"{MAX_MESSAGE_CHARS:,}. Could you say it in fewer words?")
+    return None
+
+
+def upload_too_large(size: int) -> str:
+    """The chat's words for an upload of ``size`` bytes, over ``MAX_UPLOAD_BYTES``."""
+    return (f"That file is {size / 2**20:.1f} MB; I take photos up to "
+            f"{MAX_UPLOAD_BYTES // 2**20} MB. A phone photo or a screenshot is plenty.")
+
+
+def decode_upload(photo) -> tuple[Image.Image | None, str | None]:
     """The uploaded bytes as an image, decoded once: ``(image, None)``, or ``(None, what is wrong)``."""
     if not isinstance(photo, (bytes, bytearray, memoryview)):
         return None, "That upload is not a file I can read."
     photo = bytes(photo)
     if len(photo) > MAX_UPLOAD_BYTES:
-        return None, (f"That file is {len(photo) / 2**20:.1f} MB; I take photos up to "
-                      f"{MAX_UPLOAD_BYTES // 2**20} MB. A phone photo or a screenshot is plenty.")
+        return None, upload_too_large(len(photo))
     try:
         return load_image(photo), None
     except ImageError as exc:

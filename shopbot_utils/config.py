@@ -134,6 +134,34 @@ def modnet_model() -> Path | None:
     return _env_path("SHOPBOT_MODNET_MODEL")
 
 
+def api_url() -> str:
+    """``SHOPBOT_API_URL``: where the chat's kernels find the API (default ``http://127.0.0.1:8765``)."""
+    return os.environ.get("SHOPBOT_API_URL", "").strip() or "http://127.0.0.1:8765"
+
+
+def api_token() -> str | None:
+    """``SHOPBOT_API_TOKEN``: the API's bearer token (required to serve beyond this machine), if set."""
+    return os.environ.get("SHOPBOT_API_TOKEN", "").strip() or None
+
+
+def chat_idle_seconds() -> float:
+    """``SHOPBOT_CHAT_IDLE_S``: seconds after which the demo closes an idle chat (the page says so); 0: never."""
+    try:
+        return float(os.environ.get("SHOPBOT_CHAT_IDLE_S", "") or 600)
+    except ValueError:
+        return 600.0
+
+
+def demo_hosts() -> list[str]:
+    """``SHOPBOT_DEMO_HOSTS``: comma-separated names the demo's chat page answers besides localhost."""
+    return [n.strip() for n in os.environ.get("SHOPBOT_DEMO_HOSTS", "").split(",") if n.strip()]
+
+
+def demo_token() -> str | None:
+    """``SHOPBOT_DEMO_TOKEN``: the chat page's token, required to serve it beyond this machine, if set."""
+    return os.environ.get("SHOPBOT_DEMO_TOKEN", "").strip() or None
+
+
 def offline() -> bool:
     """True when ``SHOPBOT_OFFLINE=1``: never try a download."""
     return os.environ.get("SHOPBOT_OFFLINE", "") in {"1", "true", "yes"}

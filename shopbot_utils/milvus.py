@@ -36,6 +36,8 @@ INSERT_BATCH = 5000
 MAX_VALUE_LENGTH = 64
 #: Seconds pymilvus waits for a server before ``MilvusUnavailableError``.
 CONNECT_TIMEOUT = 10.0
+#: Every search sees the writes acknowledged before it (see ``MilvusIndex._create``).
+CONSISTENCY = "Strong"
 #: The collection property that says which embeddings it holds (``index.fingerprint``).
 FINGERPRINT_PROPERTY = "shopbot.embeddings_sha256"
 
@@ -163,7 +165,10 @@ class MilvusIndex(Index):
         params.add_index(field_name="vector", index_type=self.index_type, metric_type="IP", params=build)
         if self.client.has_collection(self.collection):
             self.client.drop_collection(self.collection)
-        self.client.create_collection(self.collection, schema=schema, index_params=params)
+        # Strong: a search sees every insert, upsert and delete acknowledged before it (a server's default,
+        # Bounded, may answer from a snapshot a few seconds old; Milvus Lite hides the difference).
+        self.client.create_collection(self.collection, schema=schema, index_params=params,
+                                      consistency_level=CONSISTENCY)
         self._insert(self.vectors, self.ids, attributes)
         self.client.flush(self.collection)
         self._stamp()

@@ -46,6 +46,9 @@ button.shopbot-thumb { font-size: 11px; height: 24px; color: #444; }
 .shopbot-near { color: #8a5a00; }
 .shopbot-chip button, button.shopbot-chip { border-radius: 14px; }
 .shopbot-typing { color: #555; font-style: italic; }
+/* a phone's camera at once (the Photo button offers the library too); touch screens only */
+.shopbot-camera { display: none !important; }
+@media (pointer: coarse) { .shopbot-camera { display: inline-flex !important; } }
 .shopbot-preview { align-items: center; border: 1px solid #b9d3ef; border-radius: 14px; padding: 2px 8px; background: #eef5fd; }
 </style>
 """
@@ -99,6 +102,10 @@ class ChatApp:
                                    tooltip="Choose a photo of a product to find similar ones")
         self.upload.observe(self._on_upload, "value")
         self.upload.add_class("shopbot-photo")
+        self.camera = w.FileUpload(accept="image/*", multiple=False, description="Camera", icon="camera",
+                                   tooltip="Take a photo of a product")
+        self.camera.observe(self._on_upload, "value")
+        self.camera.add_class("shopbot-camera")  # app.page_head makes it open the camera (capture)
         # The background switch: auto (only photos that need it), on, off; the conversation keeps it.
         self.remove_background = w.ToggleButtons(
             options=[(label, value) for label, value in zip(("Auto", "On", "Off"), SWITCH)],
@@ -111,7 +118,7 @@ class ChatApp:
         self.preview = w.HBox(layout=w.Layout(display="none"))
         self.preview.add_class("shopbot-preview")
         self.composer = w.VBox([self.preview, w.HBox([self.text, self.send_button]),
-                                w.HBox([self.upload, self.remove_background])])
+                                w.HBox([self.upload, self.camera, self.remove_background])])
         self.app = w.VBox([w.HTML(CSS), header, self.scroll, self.composer])
         self.app.add_class("shopbot-app")
         self._redraw()
@@ -154,7 +161,7 @@ class ChatApp:
         name, size = str(f.get("name", "photo")), int(f.get("size", 0) or 0)
         content = f.get("content")
         data = b"" if content is None else bytes(content[:MAX_UPLOAD_BYTES + 1])  # enough to refuse a huge file
-        self.upload.value = ()  # the bytes are ours now: not kept in the widget's (saved) state
+        change["owner"].value = ()  # the bytes are ours now: not kept in the widget's (saved) state
         thumb = None
         if len(data) <= MAX_UPLOAD_BYTES:
             try:
@@ -201,7 +208,7 @@ class ChatApp:
         return turn
 
     def _set_enabled(self, enabled: bool):
-        for widget in (self.text, self.send_button, self.upload, self.new_chat, self.remove_background):
+        for widget in (self.text, self.send_button, self.upload, self.camera, self.new_chat, self.remove_background):
             widget.disabled = not enabled
 
     # ------------------------------------------------------------------ drawing

@@ -1,5 +1,5 @@
-"""The chat in a real browser: Voilà serves notebook 08 on 127.0.0.1 over the small test artifacts and
-Playwright drives Debian's chromium (``/usr/bin/chromium``, or ``SHOPBOT_CHROMIUM``). Every request to
+"""The chat in a real browser: ``make demo`` (the API and Voilà's chat page, app/chat.ipynb) serves the small
+test artifacts on 127.0.0.1 and Playwright drives Debian's chromium (``/usr/bin/chromium``, or ``SHOPBOT_CHROMIUM``). Every request to
 another host is aborted. Screenshots and the measured turn times go to ``SHOPBOT_SCREENSHOTS`` (default:
 the test's temporary folder).
 
@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopbot_utils.browser import (bot_rows, browser_problem, choose_file, open_page, photo_turn, serve_chat,
+from shopbot_utils.browser import (bot_rows, browser_problem, choose_file, open_page, photo_turn, serve_demo,
                                    text_turn, wait_for_bot_turn)
+from shopbot_utils.chat import MAX_UPLOAD_BYTES
 
 # What the page asks of other hosts (all aborted; it works without them): the notebook's "Open in Colab"
 # badge, and a FontAwesome 5 stylesheet the page links from jsdelivr (the icons shown come from the
@@ -32,7 +33,8 @@ def voila(chat_artifacts, catalogue_source, tmp_path_factory):
         pytest.fail(f"the browser test must run here (SHOPBOT_REQUIRE_BROWSER=1), but {problem}")
     if problem:
         pytest.skip(f"browser test skipped: {problem}")
-    with serve_chat(chat_artifacts, catalogue_source, tmp_path_factory.mktemp("voila") / "voila.log") as url:
+    with serve_demo(chat_artifacts, catalogue_source, tmp_path_factory.mktemp("voila") / "demo.log",
+                    options=("--pool=1",)) as (url, _):
         yield url
 
 
@@ -104,6 +106,21 @@ def test_chat_in_a_real_browser(voila, shots, chat_artifacts, catalogue):
         wait_for_bot_turn(page, before)
         assert "not an image" in page.locator(".shopbot-row-bot").last.inner_text()
 
+        # uploads over tornado's default websocket limit (10 MiB): a 15 MB phone photo is searched; a 50 MB
+        # file gets the chat's message (only its first 20 MB + 1 byte travel) and the chat goes on
+        big = shots / "phone_photo_15mb.jpg"
+        big.write_bytes(_phone_photo(catalogue.image_path(shoe), 15 * 10**6))
+        timings["photo_15mb_turn_s"] = [photo_turn(page, big)]
+        assert page.locator(".shopbot-row-bot").last.locator(".shopbot-card").count() > 0
+        huge = shots / "huge_50mb.jpg"
+        huge.write_bytes(_phone_photo(catalogue.image_path(shoe), 50 * 10**6))
+        choose_file(page, huge)
+        before = bot_rows(page)
+        page.locator("button.shopbot-send").click()
+        wait_for_bot_turn(page, before)
+        assert f"I take photos up to {MAX_UPLOAD_BYTES // 2**20} MB" in page.locator(".shopbot-row-bot").last.inner_text()
+        text_turn(page, "How much is shipping?")  # the connection survived
+
         # markup typed into the box is shown as text and never runs
         attack = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
         text_turn(page, attack)
@@ -116,6 +133,22 @@ def test_chat_in_a_real_browser(voila, shots, chat_artifacts, catalogue):
         page.get_by_text("not helpful.").wait_for()
         page.get_by_role("button", name="New chat").click()
         page.wait_for_function("document.querySelectorAll('.shopbot-row-shopper').length === 0")
+
+        # a phone: the composer and both photo buttons in view, the camera one asking for the camera
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        small = phone.new_page()
+        small.goto(voila, timeout=120_000)
+        small.get_by_text("Hi, I'm ShopBot").wait_for(timeout=180_000)
+        text_turn(small, "casual shoes for men")
+        for selector in ["input[placeholder^='Ask a question']", "button.shopbot-send", "button.shopbot-photo",
+                         "button.shopbot-camera"]:
+            box = small.locator(selector).bounding_box()
+            assert box and 0 <= box["y"] and box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390, selector
+        with small.expect_file_chooser() as chooser:
+            small.locator("button.shopbot-camera").click()
+        assert chooser.value.element.get_attribute("capture") == "environment"
+        small.screenshot(path=str(shots / "chat_phone.png"))
+        phone.close()
         browser.close()
 
     feedback = (chat_artifacts / "feedback.jsonl").read_text().splitlines()
@@ -129,3 +162,15 @@ def test_chat_in_a_real_browser(voila, shots, chat_artifacts, catalogue):
 def bot_text(page) -> str:
     """The text of the newest bot turn."""
     return page.locator(".shopbot-row-bot").last.inner_text()
+
+
+def _phone_photo(source, size: int) -> bytes:
+    """A 12 MP JPEG of ``source`` padded to ``size`` bytes (JPEG readers stop at the end-of-image marker)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(source).convert("RGB").resize((3024, 4032)).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    return data + b"\0" * max(0, size - len(data))

@@ -324,7 +324,8 @@ def test_data_flows_one_way():
     """data -> vision -> embed -> index/search -> background -> chat; measuring code on top. Each layer
     imports only the layers below it (no cycle such as background -> pipeline -> bot -> background)."""
     layers = [{"config", "artifacts", "downloads", "colab"}, {"data", "text", "sentence", "duplicates"}, {"vision"},
-              {"embed"}, {"index", "evaluate"}, {"search"}, {"intents", "milvus"}, {"background"}, {"bot"}, {"chat", "widgets"}]
+              {"embed"}, {"index", "evaluate"}, {"search"}, {"intents", "milvus"}, {"background"}, {"bot"}, {"chat", "widgets"},
+              {"client", "serve"}]
     registry = {("index", "milvus")}  # index_class() finds the engine-backed kind by name, on first use
     below: set[str] = set()
     for layer in layers:
