@@ -2,7 +2,7 @@
 
     python benchmarks/bench_chat.py [--artifacts artifacts] [--turns 10] [--screenshot figures/chat_demo.png]
 
-Voilà serves notebook 08 on 127.0.0.1; Debian's chromium (driven by Playwright, other hosts aborted)
+`make demo`'s page (the API and the chat, ``shopbot_utils.demo``) on 127.0.0.1; Debian's chromium (driven by Playwright, other hosts aborted)
 times each turn from Enter (or Send) to the drawn answer: text questions, text searches and photos of
 test-split products with background removal on (ISNet at the chat's size). The same numbers for the
 conversation alone (no browser, same process as Voilà's kernel would be) show what the page adds.
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from shopbot_utils import ShopBot, config
-from shopbot_utils.browser import browser_problem, open_page, photo_turn, serve_chat, text_turn
+from shopbot_utils.background_bench import make_composites
+from shopbot_utils.browser import browser_problem, open_page, photo_turn, serve_demo, text_turn
 from shopbot_utils.chat import Conversation
 from shopbot_utils.data import load_catalogue, load_split
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     blocked: list[str] = []
-    with serve_chat(args.artifacts, args.data or config.data_source(), work / "voila.log", timeout_s=120) as url, \
+    with serve_demo(args.artifacts, args.data or config.data_source(), work / "demo.log") as (url, _), \
             sync_playwright() as pw:
         browser, page = open_page(pw, url, blocked, viewport=(1100, 1700))
         page.wait_for_timeout(3000)  # the warm-up cell after the app
@@ -90,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             page.get_by_role("button", name="New chat").click()
             page.wait_for_function("document.querySelectorAll('.shopbot-row-shopper').length === 0")
             text_turn(page, "How much is shipping?")
-            shoe = split[(split["split"] == "test") & (split["articleType"] == "Casual Shoes")]["id"].iloc[3]
+            # a photo from the wild: a test-split shoe on a real background, which Auto cuts out
+            shoe = int(split[(split["split"] == "test") & (split["articleType"] == "Casual Shoes")]["id"].iloc[3])
             demo = work / "my_shoe.jpg"
-            demo.write_bytes(catalogue.image_path(int(shoe)).read_bytes())
+            make_composites({shoe: catalogue.image_path(shoe)}, size=512)[0].image.save(demo, quality=92)
             photo_turn(page, demo)
             # the whole conversation in one picture: let the history grow instead of scrolling
-            page.evaluate("document.querySelector('.shopbot-scroll').style.height = 'auto'")
+            page.evaluate("document.querySelector('.shopbot-app').style.height = 'auto';"
+                          "document.querySelector('.shopbot-scroll').style.height = 'auto'")
             args.screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.locator(".shopbot-app").screenshot(path=str(args.screenshot))
             print(f"wrote {args.screenshot}")

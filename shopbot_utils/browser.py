@@ -24,7 +24,6 @@ from urllib.parse import urlparse
 from . import config
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "notebooks" / "08_chat_demo.ipynb"
 #: Debian's chromium (``apt-get install chromium``); Playwright cannot download its own here.
 CHROMIUM = config.chromium_path()
 #: A closed network: no background traffic, sync, updates or first-run UI.
@@ -50,40 +49,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_chat(artifacts: str | Path, data: str | Path | None, log: Path, timeout_s: float = 60) -> Iterator[str]:
-    """Voilà serving the chat notebook over ``artifacts`` on a free local port; yields its URL."""
-    env = {**os.environ, "SHOPBOT_ARTIFACTS": str(artifacts), "SHOPBOT_OFFLINE": "1"}
-    if data is not None:
-        env["SHOPBOT_DATA"] = str(data)
-    port = _free_port()
-    with Path(log).open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", f"--port={port}",
-                                 "--Voila.ip=127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"voila exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
-            try:  # listening: any HTTP answer will do (the page itself would start a kernel)
-                urllib.request.urlopen(url + "voila/static/does-not-exist", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"voila did not answer on {url}:\n{Path(log).read_text()[-3000:]}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @contextlib.contextmanager
