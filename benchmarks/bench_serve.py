@@ -42,7 +42,7 @@ import pandas as pd
 import psutil
 
 from shopbot_utils import config
-from shopbot_utils.browser import CHROMIUM, QUIET_FLAGS, _free_port, browser_problem
+from shopbot_utils.browser import CHROMIUM, QUIET_FLAGS, _free_port, browser_problem, wait_until_answering
 from shopbot_utils.data import load_catalogue, load_split
 
 QUESTIONS = ["How much is shipping?", "Track my order", "Can I return these shoes?", "How do I pay?",
@@ -100,7 +100,7 @@ def bench_api(artifacts: Path, photos: list[bytes], levels=(1, 8, 32), per_level
     url = f"http://127.0.0.1:{port}"
     rows, memory = [], {}
     try:
-        _wait(url + "/health", proc, 600)
+        wait_until_answering(url + "/health", proc, 600)
         memory["api_idle_rss_mb"] = psutil.Process(proc.pid).memory_info().rss / 2**20
 
         def request(kind: str, i: int):
@@ -144,22 +144,6 @@ def bench_api(artifacts: Path, photos: list[bytes], levels=(1, 8, 32), per_level
         proc.terminate()
         proc.wait(30)
     return rows, memory
-
-
-def _wait(url: str, proc, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing answered on {url}") from None
-            time.sleep(1)
 
 
 # ----------------------------------------------------------------------------------- (b) the chat pages
@@ -347,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                                      f"--idle={idle}", "--cull-interval=5", "--pool=2"],
                                     stdout=handle, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}/"
-        _wait(url + "voila/static/none", proc, 600)
+        wait_until_answering(url + "voila/static/none", proc, 600)
         time.sleep(15)  # the pool fills
         return proc, url
 

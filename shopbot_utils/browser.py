@@ -51,6 +51,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answering(url: str, proc: subprocess.Popen, timeout_s: float, log: Path | None = None) -> None:
+    """Return once ``url`` gives any HTTP answer (an error status too: the server is listening); raise
+    ``RuntimeError`` with the end of ``log`` if ``proc`` exits first or ``timeout_s`` passes."""
+    def tail() -> str:
+        return f":\n{Path(log).read_text()[-3000:]}" if log is not None else ""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}{tail()}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing answered on {url}{tail()}") from None
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def serve_demo(artifacts: str | Path, data: str | Path | None, log: Path, timeout_s: float = 180,
                options: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
@@ -65,20 +85,8 @@ def serve_demo(artifacts: str | Path, data: str | Path | None, log: Path, timeou
                                  f"--port={port}", f"--api-port={api_port}", *options],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the demo exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
-            try:  # listening once the API has loaded: any HTTP answer will do (the page itself takes a kernel)
-                urllib.request.urlopen(url + "voila/static/does-not-exist", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the demo did not answer on {url}:\n{Path(log).read_text()[-3000:]}") from None
-                time.sleep(0.5)
+    try:  # listening once the API has loaded (the page itself would take a kernel)
+        wait_until_answering(url + "voila/static/does-not-exist", proc, timeout_s, log)
         yield url, proc
     finally:
         if proc.poll() is None:
