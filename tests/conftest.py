@@ -107,6 +107,17 @@ def bot(small_artifacts):
     return ShopBot.load(small_artifacts[0])
 
 
+def need_browser() -> None:
+    """Skip a browser test without chromium, with a message; where ``SHOPBOT_REQUIRE_BROWSER=1`` (CI), fail."""
+    from shopbot_utils.browser import browser_problem
+
+    problem = browser_problem()
+    if problem and os.environ.get("SHOPBOT_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"the browser test must run here (SHOPBOT_REQUIRE_BROWSER=1), but {problem}")
+    if problem:
+        pytest.skip(f"browser test skipped: {problem}")
+
+
 def image_bytes(img: Image.Image, fmt: str = "JPEG") -> bytes:
     """Encode a PIL image."""
     buf = io.BytesIO()

@@ -17,7 +17,8 @@ import nbformat
 import pytest
 
 from shopbot_utils.book import OFFLINE_IMAGES, _for_the_web, build_book
-from shopbot_utils.browser import LOCAL_HOSTS, browser_problem, launch, serve_folder
+from shopbot_utils.browser import LOCAL_HOSTS, launch, serve_folder
+from conftest import need_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -81,11 +82,7 @@ def test_the_site_loads_nothing_from_the_web(book):
 
 
 def test_the_book_in_a_real_browser(book, tmp_path_factory):
-    problem = browser_problem()
-    if problem and os.environ.get("SHOPBOT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"the browser test must run here (SHOPBOT_REQUIRE_BROWSER=1), but {problem}")
-    if problem:
-        pytest.skip(f"browser test skipped: {problem}")
+    need_browser()
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("SHOPBOT_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))

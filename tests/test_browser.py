@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopbot_utils.browser import (bot_rows, browser_problem, choose_file, open_page, photo_turn, serve_demo,
+from shopbot_utils.browser import (bot_rows, choose_file, open_page, photo_turn, serve_demo,
                                    text_turn, wait_for_bot_turn)
 from shopbot_utils.chat import MAX_UPLOAD_BYTES
+from conftest import need_browser
 
 # What the page asks of other hosts (all aborted; it works without them): the notebook's "Open in Colab"
 # badge, and a FontAwesome 5 stylesheet the page links from jsdelivr (the icons shown come from the
@@ -28,11 +29,7 @@ KNOWN_EXTERNAL = {"colab.research.google.com", "cdn.jsdelivr.net"}
 
 @pytest.fixture(scope="module")
 def voila(chat_artifacts, catalogue_source, tmp_path_factory):
-    problem = browser_problem()
-    if problem and os.environ.get("SHOPBOT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"the browser test must run here (SHOPBOT_REQUIRE_BROWSER=1), but {problem}")
-    if problem:
-        pytest.skip(f"browser test skipped: {problem}")
+    need_browser()
     with serve_demo(chat_artifacts, catalogue_source, tmp_path_factory.mktemp("voila") / "demo.log",
                     options=("--pool=1",)) as (url, _):
         yield url

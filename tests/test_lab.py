@@ -20,8 +20,9 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
-from shopbot_utils.browser import browser_problem, launch, serve_lab, stop_lab
+from shopbot_utils.browser import launch, serve_lab, stop_lab
 from shopbot_utils.report import GOLDEN_DIR, KERNELSPEC
+from conftest import need_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "01_data.ipynb"
@@ -88,11 +89,7 @@ def _api(url: str, path: str) -> object:
 
 
 def test_jupyterlab_in_a_real_browser(tmp_path, shots):
-    problem = browser_problem()
-    if problem and os.environ.get("SHOPBOT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"the browser test must run here (SHOPBOT_REQUIRE_BROWSER=1), but {problem}")
-    if problem:
-        pytest.skip(f"browser test skipped: {problem}")
+    need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     # This user's Jupyter state (settings, workspaces, runtime files, user kernels) stays out of the test:
