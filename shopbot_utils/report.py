@@ -116,6 +116,8 @@ def _cell(value, fmt: str | None) -> str:
         return ""
     if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, fmt)
+    if isinstance(value, float):  # no format given: four significant digits, never float noise
+        return format(value, ".4g")
     return str(value)
 
 
@@ -203,8 +205,9 @@ def collect_results(notebooks: Iterable[str | Path]) -> dict:
     return dict(sorted(found.items()))
 
 
-_BLOCK = re.compile(r"(<!-- results: ([\w.-]+) -->\n).*?(\n<!-- /results -->)", re.S)
-_VALUE = re.compile(r"(<!-- value: ([\w.-]+)\.([\w.-]+) -->).*?(<!-- /value -->)", re.S)
+# A block's or a value's text never runs into the next one's marker (an empty block is two lines).
+_BLOCK = re.compile(r"(<!-- results: ([\w.-]+) -->\n)(?:(?!<!-- results:).)*?(<!-- /results -->)", re.S)
+_VALUE = re.compile(r"(<!-- value: ([\w.-]+)\.([\w.-]+) -->)(?:(?!<!-- value:).)*?(<!-- /value -->)", re.S)
 
 
 def render_readme(text: str, results_by_key: dict) -> str:
@@ -217,7 +220,7 @@ def render_readme(text: str, results_by_key: dict) -> str:
         key = m.group(2)
         if key not in results_by_key:
             raise KeyError(f"README asks for results {key!r}, which no notebook records")
-        return m.group(1) + Results(results_by_key[key]).markdown() + m.group(3)
+        return m.group(1) + Results(results_by_key[key]).markdown().rstrip("\n") + "\n" + m.group(3)
 
     def value(m):
         key, name = m.group(2), m.group(3)

@@ -204,6 +204,12 @@ def test_results_go_from_the_notebook_to_the_readme(tmp_path):
     assert render_readme(out, found) == out  # filling twice changes nothing
     with pytest.raises(KeyError, match="vision"):
         render_readme("<!-- results: vision -->\nx\n<!-- /results -->", found)
+    # an empty block (a new README's) fills in place and leaves the next block to its own key
+    nbformat.write(_results_notebook("scale", 7.5), tmp_path / "05_s.ipynb")
+    both = collect_results([tmp_path / "04_x.ipynb", tmp_path / "05_s.ipynb"])
+    out = render_readme("<!-- results: index -->\n<!-- /results -->\n\n<!-- results: scale -->\n<!-- /results -->\n", both)
+    assert out.count("<!-- /results -->") == 2 and out.index("| exact | 2.49 |") < out.index("<!-- results: scale -->")
+    assert "| exact | 7.50 |" in out.split("<!-- results: scale -->")[1]
     nbformat.write(_results_notebook("index", 1.0), tmp_path / "05_y.ipynb")
     with pytest.raises(ValueError, match="twice"):
         collect_results([tmp_path / "04_x.ipynb", tmp_path / "05_y.ipynb"])
