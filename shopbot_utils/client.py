@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import config
+from .artifacts import write_atomic
 from .search import Query
 
 #: Seconds a call waits for the API (a photo turn on a busy 2-core machine takes a few).
@@ -89,7 +90,7 @@ class RemoteCatalogue:
     def image_path(self, product_id: int) -> Path:
         path = Path(self._folder.name) / f"{int(product_id)}.jpg"
         if not path.is_file():
-            path.write_bytes(self.client._call("GET", f"/products/{int(product_id)}/image", raw=True))
+            write_atomic(path, self.client._call("GET", f"/products/{int(product_id)}/image", raw=True))
         return path
 
 
