@@ -104,9 +104,12 @@ def pooled_kernels(manager) -> set[str]:
 
 
 def chats_in_use(manager) -> int:
-    """Kernels serving a visitor: all of them but the pool's (each pool slot holds at most one, started or starting)."""
+    """Kernels serving a visitor: all of them, started or starting, but the pool's (each pool slot holds
+    one). A kernel still starting is only in the manager's pending kernels: without them, a pool slot
+    refilling after a visit would be subtracted from the visitors' kernels and let one more in."""
     slots = sum(len(pool) for pool in getattr(manager, "_pools", {}).values())
-    return max(0, len(manager.list_kernel_ids()) - slots)
+    kernels = set(manager.list_kernel_ids()) | set(getattr(manager, "_pending_kernels", {}))
+    return max(0, len(kernels) - slots)
 
 
 def __getattr__(name: str):

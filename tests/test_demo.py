@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from shopbot_utils.browser import serve_demo
-from shopbot_utils.demo import BUSY_PAGE, check_network, voila_argv
+from shopbot_utils.demo import BUSY_PAGE, chats_in_use, check_network, voila_argv
 
 
 def get(url: str, host: str | None = None) -> tuple[int, str]:
@@ -74,3 +74,19 @@ def test_a_network_bind_needs_a_token_and_names():
     argv = voila_argv(port=9, idle_s=60, pool=0, max_chats=5, token="t")
     assert "--MappingKernelManager.cull_idle_timeout=60" in argv and "--token=t" in argv
     assert not any(a.startswith("--preheat") for a in argv)
+
+
+def test_a_pool_kernel_still_starting_is_not_taken_from_the_visitors():
+    """Two visitors' kernels and the pool refilling after the second visit: its kernel is still starting
+    (only in the manager's pending kernels), so the cap of 2 is reached, not 1 chat short of it."""
+    class Manager:
+        _pools = {"chat.ipynb": ["the refill task"]}
+        _pending_kernels = {"k3": "starting"}
+
+        def list_kernel_ids(self):
+            return ["k1", "k2"]
+
+    assert chats_in_use(Manager()) == 2
+    Manager._pending_kernels = {}
+    Manager.list_kernel_ids = lambda self: ["k1", "k2", "k3"]  # the refill has started: the same count
+    assert chats_in_use(Manager()) == 2
