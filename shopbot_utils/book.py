@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from . import config
+from .report import RESULTS_MIME
 
 BOOK_DIR = config.ROOT / "book"
 #: Where ``make book`` builds: the staged sources in ``src/``, the site in ``html/`` (ignored by git).
@@ -26,10 +27,13 @@ def _write_if_changed(target: Path, data: bytes, like: Path) -> None:
 
 
 def _for_the_web(notebook: str) -> str:
-    """A notebook's JSON as the site shows it: web images replaced by the site's copies, and code cells
-    highlighted as IPython (``!pip``, ``%cd``), which the notebooks' plain ``python`` cannot lex."""
+    """A notebook's JSON as the site shows it: web images replaced by the site's copies, results tables
+    without the copy kept for the README (``report.RESULTS_MIME``: the page shows the table itself), and
+    code cells highlighted as IPython (``!pip``, ``%cd``), which the notebooks' plain ``python`` cannot lex."""
     nb = json.loads(notebook)
     for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop(RESULTS_MIME, None)
         if cell["cell_type"] == "markdown":
             source = "".join(cell["source"])
             for url, local in OFFLINE_IMAGES.items():

@@ -91,10 +91,11 @@ def serve_demo(artifacts: str | Path, data: str | Path | None, log: Path, timeou
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
+            try:  # the chats' kernels, then the API (which has 20 s to finish its requests), on a busy machine
+                proc.wait(90)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
 
 def launch(playwright, blocked: list[str], viewport=(1100, 1000)):
