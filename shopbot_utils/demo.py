@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from functools import lru_cache
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cull-interval", type=float, default=CULL_INTERVAL_S, help=argparse.SUPPRESS)  # tests
     args = p.parse_args(argv)
     config.setup_logging()
+    # Ctrl-C stops it even when started where SIGINT is ignored (a shell's background job passes that on)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args.artifacts, args.port, args.api_port, args.host, args.token or config.demo_token(),
                    args.allowed_host, args.behind_proxy, args.idle, args.max_chats, args.pool, args.cull_interval,
