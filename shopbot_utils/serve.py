@@ -391,16 +391,19 @@ def create_app(bot, catalogue=None, settings: Settings | None = None, example_id
             raise Refusal(400, str(exc)) from None
         return results_json(await model(lambda: bot.search(text, k, query=query)))
 
+    def photo_options(k: int, remove_background: str, query_json: str):
+        """(the background switch, the parsed query) of a photo call, or a 400 saying what was wrong."""
+        check_k(k)
+        try:
+            return _remove_background_option(remove_background), parse_query_json(query_json)
+        except ValueError as exc:
+            raise Refusal(400, str(exc)) from None
+
     @app.post("/similar", summary="Products that look like a photo (multipart)")
     async def similar(photo: UploadFile = File(description="JPEG, PNG, WebP... up to 20 MB"),
                       k: int = Form(8), remove_background: str = Form("auto", description=REMOVE_HELP),
                       where: str = Form("")):
-        check_k(k)
-        try:
-            remove = _remove_background_option(remove_background)
-            constraint = parse_query_json(where)
-        except ValueError as exc:
-            raise Refusal(400, str(exc)) from None
+        remove, constraint = photo_options(k, remove_background, where)
         image = await read_photo(photo)
         return {"products": [product_json(p) for p in await model(
             lambda: bot.similar(image, k, remove_background=remove, where=constraint))]}
@@ -409,12 +412,7 @@ def create_app(bot, catalogue=None, settings: Settings | None = None, example_id
     async def refine(text: str = Form(""), photo: UploadFile | None = File(None), product_id: int | None = Form(None),
                      k: int = Form(8), remove_background: str = Form("auto", description=REMOVE_HELP),
                      query: str = Form("")):
-        check_k(k)
-        try:
-            remove = _remove_background_option(remove_background)
-            parsed = parse_query_json(query)
-        except ValueError as exc:
-            raise Refusal(400, str(exc)) from None
+        remove, parsed = photo_options(k, remove_background, query)
         check_text(text, allow_empty=parsed is not None)
         if (photo is None) == (product_id is None):
             raise Refusal(400, "Send either a photo or a product_id to refine.")
